@@ -1,0 +1,85 @@
+"""
+Sessions: ``nox`` runs tests on every supported Python (read from the pyproject
+classifiers) with the minimal and the full dependency set, plus lint and typing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import nox
+
+nox.needs_version = ">=2024.3.2"
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["tests", "lint", "typing"]
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+PYTHONS = nox.project.python_versions(PYPROJECT)
+# uv must use the interpreters installed here, never download one.
+os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
+
+
+def _expose_pyenv_interpreters() -> None:
+    """
+    Make ``python3.X`` resolve for every installed pyenv version we test on.
+
+    pyenv's shims only run versions named in PYENV_VERSION (or the global one); list
+    them all, the current one first so ``python``/``python3`` keep meaning what they did.
+    """
+    pyenv = shutil.which("pyenv")
+    if pyenv is None or "PYENV_VERSION" in os.environ:
+        return
+
+    def ask(*args: str) -> list[str]:
+        done = subprocess.run([pyenv, *args], capture_output=True, text=True, check=False)
+        return done.stdout.split()
+
+    def newest(minor: str) -> str | None:
+        patches = [v for v in installed if re.fullmatch(rf"{re.escape(minor)}\.\d+", v)]
+        return max(patches, key=lambda v: int(v.rsplit(".", 1)[1]), default=None)
+
+    current = ask("version-name")[:1]
+    installed = ask("versions", "--bare")
+    wanted = [v for v in map(newest, PYTHONS) if v is not None]
+    versions = [*current, *(v for v in wanted if v not in current)]
+    if versions:
+        os.environ["PYENV_VERSION"] = ":".join(versions)
+
+
+_expose_pyenv_interpreters()
+
+DEPENDENCY_SETS = {
+    # The core alone: asyncio only (the tests' trio parameters skip themselves).
+    "minimal": ["-e", ".[test]"],
+    # Everything optional that the tests exercise: trio and uvloop.
+    "full": ["-e", ".[test,trio,uvloop]"],
+}
+
+
+@nox.session(python=PYTHONS)
+@nox.parametrize("deps", list(DEPENDENCY_SETS))
+def tests(session: nox.Session, deps: str) -> None:
+    """Run the test suite."""
+    session.install(*DEPENDENCY_SETS[deps])
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHONS[-1])
+def lint(session: nox.Session) -> None:
+    """Ruff: lint and formatting."""
+    session.install("ruff>=0.8")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHONS[0])
+def typing(session: nox.Session) -> None:
+    """mypy (strict) and pyright, on the oldest supported Python."""
+    session.install("-e", ".[test,trio,typing]")
+    session.run("mypy")
+    session.run("pyright")

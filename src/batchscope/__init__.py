@@ -1,0 +1,51 @@
+"""
+batchscope: dynamic batching on structured concurrency, for asyncio and Trio alike.
+
+Many concurrent callers each ``await scope.submit(x)``; batchscope groups their items
+into batches, calls one batch function per batch, and hands every caller its own result.
+"""
+
+from __future__ import annotations
+
+from ._config import ScopeConfig as ScopeConfig
+from ._exceptions import BatchScopeError as BatchScopeError
+from ._exceptions import BatchSizeMismatchError as BatchSizeMismatchError
+from ._exceptions import CircuitOpenError as CircuitOpenError
+from ._exceptions import ItemTooLargeError as ItemTooLargeError
+from ._exceptions import NoActiveScopeError as NoActiveScopeError
+from ._exceptions import QueueFullError as QueueFullError
+from ._exceptions import ScopeClosedError as ScopeClosedError
+from ._map import MapIterator as MapIterator
+from ._scope import BatchScope as BatchScope
+from ._statistics import BatchStatistics as BatchStatistics
+from ._statistics import Percentiles as Percentiles
+
+__all__ = [
+    "BatchScope",
+    "BatchScopeError",
+    "BatchSizeMismatchError",
+    "BatchStatistics",
+    "CircuitOpenError",
+    "ItemTooLargeError",
+    "MapIterator",
+    "NoActiveScopeError",
+    "Percentiles",
+    "QueueFullError",
+    "ScopeClosedError",
+    "ScopeConfig",
+]
+
+__version__ = "0.1.0"
+
+
+def _fix_module_names() -> None:
+    # Tracebacks and reprs say batchscope.ScopeClosedError, not the private module
+    # (trio's fixup_module_metadata, anyio's fix_package_names).
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("batchscope."):
+            obj.__module__ = __name__
+
+
+_fix_module_names()
+del _fix_module_names

@@ -1,0 +1,181 @@
+"""
+The executor: runs one task per dispatched batch, calls fn, routes every outcome.
+
+An async fn runs in the batch's own task; a sync fn runs in a worker thread (never on the
+event loop) through ``anyio.to_thread.run_sync`` with the scope's own capacity limiter.
+Results are split back per item; an ``Exception`` instance at position *i* fails item *i*
+alone; an exception raised by fn fails every item of that batch and nothing else.
+
+A batch whose callers have all left is cancelled when fn is async. A sync fn cannot be
+interrupted (no Python thread can): when its batch is cancelled the thread is abandoned
+and its late result discarded.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from ._exceptions import BatchSizeMismatchError
+from ._pending import RUNNING, Item
+
+if TYPE_CHECKING:
+    from ._scope import BatchScope
+
+__all__ = ["Batch", "BatchFunction", "Executor", "is_async_callable"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+BatchFunction = Callable[[list[In]], "Sequence[Out] | Awaitable[Sequence[Out]]"]
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling *fn* returns a coroutine (coroutine functions, partials, objects)."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - we want the method itself
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class Batch(Generic[In, Out]):
+    """One dispatched batch: its items and what is needed to cancel it."""
+
+    __slots__ = ("cancel_scope", "items", "live")
+
+    def __init__(self, items: list[Item[In, Out]]) -> None:
+        self.items = items
+        #: Items whose callers still wait for this batch.
+        self.live = len(items)
+        self.cancel_scope: anyio.CancelScope | None = None
+
+
+class Executor(Generic[In, Out]):
+    """Starts batch tasks in the scope's task group and routes their outcomes."""
+
+    def __init__(self, scope: BatchScope[In, Out], fn: BatchFunction[In, Out]) -> None:
+        self._scope = scope
+        self._fn = fn
+        self._is_async = is_async_callable(fn)
+        self._limiter = anyio.CapacityLimiter(scope.config.max_concurrent_batches)
+        #: Batches running now (for failing their items if the scope breaks).
+        self.running: set[Batch[In, Out]] = set()
+
+    def set_capacity(self, batches: int) -> None:
+        """Apply a new ``max_concurrent_batches`` (from the next batch)."""
+        self._limiter.total_tokens = batches
+
+    def start(self, task_group: anyio.abc.TaskGroup, items: list[Item[In, Out]]) -> None:
+        """Run *items* as one batch in a new task of *task_group*."""
+        batch = Batch(items)
+        for item in items:
+            item.batch = batch
+        self.running.add(batch)
+        task_group.start_soon(self._run, batch)
+
+    def cancel_if_abandoned(self, batch: Batch[In, Out]) -> None:
+        """Cancel an async batch once its last caller has left."""
+        if batch.live == 0 and self._is_async and batch.cancel_scope is not None:
+            batch.cancel_scope.cancel()
+
+    async def _call(self, values: list[In]) -> Any:
+        if self._is_async:
+            return await self._fn(values)  # type: ignore[misc]
+        result = await anyio.to_thread.run_sync(
+            self._fn, values, abandon_on_cancel=True, limiter=self._limiter
+        )
+        if inspect.isawaitable(result):
+            # A plain function that returned an awaitable (say, a lambda around a
+            # coroutine function): await it here, on the loop.
+            result = await result
+        return result
+
+    async def _run(self, batch: Batch[In, Out]) -> None:
+        scope = self._scope
+        recorder = scope._recorder
+        items = batch.items
+        started = anyio.current_time()
+        try:
+            with anyio.CancelScope() as cancel_scope:
+                batch.cancel_scope = cancel_scope
+                if batch.live == 0:
+                    # Every caller left between dispatch and this task starting.
+                    cancel_scope.cancel()
+                    return
+                results = await self._call([item.value for item in items])
+        except Exception as exc:
+            self.fail_all(items, exc)
+        except BaseException as exc:
+            # The scope's task group is being cancelled, or fn raised a BaseException
+            # (KeyboardInterrupt, SystemExit...): nobody may hang, so fail the items with
+            # ScopeClosedError and let the exception propagate.
+            scope._note_crash(exc)
+            self.fail_all(items, scope._closed_error())
+            raise
+        else:
+            if not cancel_scope.cancel_called:
+                self._route(items, results)
+        finally:
+            self.running.discard(batch)
+            ended = anyio.current_time()
+            recorder.in_flight -= 1
+            recorder.finished_batches += 1
+            recorder.batch_seconds += ended - started
+            latencies = recorder.latencies
+            for item in items:
+                latencies.append(ended - item.arrival)
+            scope._scheduler.slot_freed()
+
+    def _route(self, items: list[Item[In, Out]], results: Any) -> None:
+        try:
+            count = len(results)
+        except TypeError:
+            try:
+                results = list(results)
+            except TypeError:
+                self.fail_all(
+                    items,
+                    TypeError(
+                        f"the batch function must return a sequence of results, "
+                        f"got {type(results).__name__}"
+                    ),
+                )
+                return
+            count = len(results)
+        if count != len(items):
+            self.fail_all(
+                items,
+                BatchSizeMismatchError(
+                    f"the batch function returned {count} results "
+                    f"for a batch of {len(items)} items"
+                ),
+            )
+            return
+        recorder = self._scope._recorder
+        completed = failed = 0
+        for item, result in zip(items, results):
+            if item.state != RUNNING:
+                continue  # its caller left; the result is dropped
+            if isinstance(result, Exception):
+                item.fail(result)
+                failed += 1
+            else:
+                item.succeed(result)
+                completed += 1
+        recorder.completed += completed
+        recorder.failed += failed
+        recorder.running -= completed + failed
+
+    def fail_all(self, items: list[Item[In, Out]], error: BaseException) -> None:
+        failed = 0
+        for item in items:
+            if item.state == RUNNING:
+                item.fail(error)
+                failed += 1
+        recorder = self._scope._recorder
+        recorder.failed += failed
+        recorder.running -= failed

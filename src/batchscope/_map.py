@@ -1,0 +1,298 @@
+"""
+Many items per call: ``submit_many`` (gather) and ``map`` (a bounded stream).
+
+Both queue one item per input through the same admission and channel as ``submit``, but
+their items report to a callback instead of one event each: ``gather`` parks the caller
+on a single event for the whole call, ``map`` sends ended items into its own memory
+channel, read by the consumer. ``map`` pulls from its source in a feeder task that lives
+in the scope's task group, at most ``window`` items ahead of the consumer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+from anyio import WouldBlock
+
+from ._exceptions import QueueFullError, ScopeClosedError
+from ._pending import CallbackItem
+
+if TYPE_CHECKING:
+    from ._scope import BatchScope
+
+__all__ = ["MapIterator", "gather"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+async def gather(
+    scope: BatchScope[In, Out], items: Iterable[In], *, return_exceptions: bool
+) -> list[Out | BaseException]:
+    """Queue every item, wait for all (or the first failure), return outcomes in order."""
+    values = list(items)
+    outcomes: list[Out | BaseException] = [None] * len(values)  # type: ignore[list-item]
+    queued: list[CallbackItem[In, Out]] = []
+    remaining = len(values)
+    first_failure: list[CallbackItem[In, Out]] = []
+    done = anyio.Event()
+
+    def on_done(item: CallbackItem[In, Out]) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if item.error is not None and not first_failure:
+            first_failure.append(item)
+            if not return_exceptions:
+                done.set()
+        if remaining == 0:
+            done.set()
+
+    try:
+        deadline = anyio.current_effective_deadline()
+        for index, value in enumerate(values):
+            try:
+                await scope._admit()
+            except (QueueFullError, ScopeClosedError) as exc:
+                if not return_exceptions:
+                    raise
+                outcomes[index] = exc
+                remaining -= 1
+                continue
+            item = CallbackItem[In, Out](
+                value, 0, anyio.current_time(), deadline, index, on_done
+            )
+            scope._queue(item)
+            queued.append(item)
+        if remaining:
+            await done.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
+    except BaseException:
+        for item in queued:
+            scope._leave(item)
+        raise
+
+    if first_failure and not return_exceptions:
+        for item in queued:
+            scope._leave(item)  # withdraw what is still queued, drop what runs
+        first_failure[0].outcome()
+    for item in queued:
+        outcomes[item.index] = item.error if item.error is not None else item.result  # type: ignore[assignment]
+    return outcomes
+
+
+class MapIterator(Generic[In, Out]):
+    """
+    The async iterator :meth:`BatchScope.map` returns; also an async context manager.
+
+    Leaving ``async with`` (or ``aclose()``) stops the feeder and withdraws every item not
+    yet dispatched.
+    """
+
+    def __init__(
+        self,
+        scope: BatchScope[In, Out],
+        source: Iterable[In] | AsyncIterable[In],
+        *,
+        ordered: bool,
+        return_exceptions: bool,
+        window: int,
+    ) -> None:
+        self._scope = scope
+        self._source = source
+        self._ordered = ordered
+        self._return_exceptions = return_exceptions
+        self._window_size = window
+        self._window: anyio.Semaphore | None = None
+        self._send, self._receive = anyio.create_memory_object_stream[
+            "CallbackItem[In, Out] | None"
+        ](math.inf)
+        self._started = False
+        self._stop_requested = False
+        self._closed = False
+        self._feeder_scope: anyio.CancelScope | None = None
+        #: Items pulled from the source and not yet yielded, by index.
+        self._outstanding: dict[int, CallbackItem[In, Out]] = {}
+        #: Ended items not yet yielded (ordered mode: waiting for their turn).
+        self._ready: dict[int, CallbackItem[In, Out]] = {}
+        self._next = 0
+        self._yielded = 0
+        #: How many items the feeder queued in all, once it has stopped.
+        self._fed: int | None = None
+        self._feed_error: BaseException | None = None
+
+    # -- feeder ----------------------------------------------------------------------------
+
+    def stop_feeding(self) -> None:
+        """Stop pulling from the source (the scope is closing, or the consumer left)."""
+        self._stop_requested = True
+        if self._feeder_scope is not None:
+            self._feeder_scope.cancel()
+
+    def _on_done(self, item: CallbackItem[In, Out]) -> None:
+        if not self._closed:
+            self._send.send_nowait(item)
+
+    async def _put(self, value: In, index: int, deadline: float) -> bool:
+        """Queue one item; False when the scope refuses more."""
+        window = self._window
+        assert window is not None
+        try:
+            window.acquire_nowait()
+        except WouldBlock:
+            await window.acquire()
+        scope = self._scope
+        try:
+            await scope._admit()
+        except (QueueFullError, ScopeClosedError) as exc:
+            item = CallbackItem[In, Out](value, 0, 0.0, deadline, index, self._on_done)
+            self._outstanding[index] = item
+            item.fail(exc)  # reported to the consumer in its turn
+            return not isinstance(exc, ScopeClosedError)
+        except BaseException:
+            window.release()
+            raise
+        item = CallbackItem[In, Out](
+            value, 0, anyio.current_time(), deadline, index, self._on_done
+        )
+        self._outstanding[index] = item
+        scope._queue(item)
+        return True
+
+    async def _feed(self) -> None:
+        count = 0
+        source = self._source
+        try:
+            with anyio.CancelScope() as feeder_scope:
+                self._feeder_scope = feeder_scope
+                if self._stop_requested:
+                    feeder_scope.cancel()
+                deadline = anyio.current_effective_deadline()
+                if isinstance(source, AsyncIterable):
+                    async for value in source:
+                        if not await self._put(value, count, deadline):
+                            count += 1
+                            break
+                        count += 1
+                else:
+                    for value in source:
+                        if not await self._put(value, count, deadline):
+                            count += 1
+                            break
+                        count += 1
+            if feeder_scope.cancelled_caught and not self._closed:
+                # The scope closed under a consumer that still reads: say so after the
+                # results of everything already queued.
+                self._feed_error = self._scope._closed_error()
+        except Exception as exc:
+            self._feed_error = exc  # the source raised; re-raised to the consumer
+        finally:
+            self._fed = count
+            if not self._closed:
+                self._send.send_nowait(None)
+
+    def _start(self) -> None:
+        scope = self._scope
+        if scope._state != "open":
+            raise scope._closed_now()
+        self._started = True
+        self._window = anyio.Semaphore(self._window_size)
+        scope._maps.add(self)
+        scope._task_group.start_soon(self._feed, name=f"batchscope map feeder of {scope!r}")
+
+    # -- consumer --------------------------------------------------------------------------
+
+    def __aiter__(self) -> MapIterator[In, Out]:
+        return self
+
+    async def __anext__(self) -> Out | BaseException:
+        if self._closed:
+            raise StopAsyncIteration
+        if not self._started:
+            self._start()
+        ready = self._ready
+        while True:
+            if ready:
+                if not self._ordered:
+                    _, item = ready.popitem()
+                    await anyio.lowlevel.checkpoint()
+                    return self._hand_out(item)
+                item_or_none = ready.pop(self._next, None)
+                if item_or_none is not None:
+                    self._next += 1
+                    await anyio.lowlevel.checkpoint()
+                    return self._hand_out(item_or_none)
+            if self._fed is not None and self._yielded >= self._fed:
+                self._finish()
+                if self._feed_error is not None:
+                    raise self._feed_error
+                raise StopAsyncIteration
+            try:
+                got = await self._receive.receive()
+            except BaseException:
+                await self.aclose()
+                raise
+            if got is not None:
+                ready[got.index] = got
+            # Take whatever else has ended, without waiting.
+            while True:
+                try:
+                    got = self._receive.receive_nowait()
+                except WouldBlock:
+                    break
+                if got is not None:
+                    ready[got.index] = got
+
+    def _hand_out(self, item: CallbackItem[In, Out]) -> Out | BaseException:
+        self._yielded += 1
+        del self._outstanding[item.index]
+        assert self._window is not None
+        self._window.release()
+        if item.error is None:
+            return item.result  # type: ignore[return-value]
+        if self._return_exceptions:
+            return item.error
+        self._close_now()
+        return item.outcome()
+
+    def _finish(self) -> None:
+        self._closed = True
+        self._scope._maps.discard(self)
+        self._send.close()
+        self._receive.close()
+
+    def _close_now(self) -> None:
+        if self._closed:
+            return
+        self.stop_feeding()
+        scope = self._scope
+        for item in self._outstanding.values():
+            scope._leave(item)
+        self._outstanding.clear()
+        self._finish()
+
+    async def aclose(self) -> None:
+        """
+        Stop the stream: withdraw every queued item, drop results of running ones.
+
+        Cancellation:
+            Nothing to cancel: the work is done before the first checkpoint.
+        """
+        self._close_now()
+        await anyio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> MapIterator[In, Out]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        self._close_now()

@@ -1,0 +1,437 @@
+"""
+BatchScope: the public object, its lifetime, and the caller's side of every item.
+
+``async with BatchScope(fn) as scope`` opens a task group holding the scheduler task and,
+later, one task per running batch. A caller's ``submit`` is admitted (room in the queue),
+queued on the memory channel, and parks on its item's completion; if the caller leaves
+first, its item is withdrawn (before dispatch) or abandoned (after). Leaving the block
+normally drains; leaving it with an exception fails everything still waiting with
+``ScopeClosedError`` and cancels the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+import anyio
+import attrs
+from anyio import AsyncContextManagerMixin, WouldBlock
+from anyio.abc import TaskGroup
+
+from ._config import OnFull, ScopeConfig
+from ._exceptions import NoActiveScopeError, QueueFullError, ScopeClosedError
+from ._executor import BatchFunction, Executor
+from ._map import MapIterator, gather
+from ._pending import ABANDONED, POOLED, QUEUED, RUNNING, WITHDRAWN, FifoPool, Item, WaitedItem
+from ._scheduler import Scheduler
+from ._statistics import BatchStatistics, Recorder
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["BatchScope"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+_NEW, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
+
+
+class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
+    """
+    Collect items submitted by many concurrent callers into batches for one function.
+
+    ``fn`` takes a list of items and returns a sequence of results, one per item, in the
+    same order (or an awaitable of it). An ``Exception`` instance at position *i* of the
+    results fails item *i* alone. A plain (sync) function runs in a worker thread, never on
+    the event loop; an ``async def`` function runs in a task of the scope's task group.
+
+    Use it as an async context manager; every option is keyword-only and validated here::
+
+        async with BatchScope(model, max_batch_size=32, max_wait=0.005) as scope:
+            y = await scope.submit(x)
+
+    Args:
+        fn: The batch function.
+        max_batch_size: Hard cap on items per batch.
+        max_wait: Seconds (or a ``timedelta``) the oldest pending item waits at most for
+            companions before a partial batch goes. A full batch goes at once.
+        max_queue_size: Bound on pending (queued, not yet dispatched) items.
+        on_full: ``"wait"``: ``submit`` waits for room in the queue (backpressure);
+            ``"reject"``: ``submit`` raises :class:`QueueFullError` at once.
+        max_concurrent_batches: Batches running at once.
+
+    Raises:
+        TypeError: *fn* is not callable, or an option has the wrong type.
+        ValueError: An option is out of range. The message names the option.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        fn: BatchFunction[In, Out],
+        *,
+        max_batch_size: int = 32,
+        max_wait: float | timedelta = 0.005,
+        max_queue_size: int = 10_000,
+        on_full: OnFull = "wait",
+        max_concurrent_batches: int = 1,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"'fn' must be callable, not {type(fn).__name__}")
+        self._fn = fn
+        self._config = ScopeConfig(
+            max_batch_size=max_batch_size,
+            max_wait=max_wait,
+            max_queue_size=max_queue_size,
+            on_full=on_full,
+            max_concurrent_batches=max_concurrent_batches,
+        )
+        self._state = _NEW
+        self._recorder = Recorder()
+        self._failure: BaseException | None = None
+        self._maps: set[MapIterator[In, Out]] = set()
+        # Created when the scope opens: they belong to its event loop.
+        self._send: Any = None
+        self._room: anyio.Semaphore
+        self._task_group: TaskGroup
+        self._executor: Executor[In, Out]
+        self._scheduler: Scheduler[In, Out]
+
+    def __repr__(self) -> str:
+        name = getattr(self._fn, "__qualname__", None) or repr(self._fn)
+        return f"<BatchScope {name} {self._state}>"
+
+    @property
+    def config(self) -> ScopeConfig:
+        """The options in force (a frozen :class:`ScopeConfig`)."""
+        return self._config
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[BatchScope[In, Out], None]:
+        if self._state is not _NEW:
+            raise RuntimeError("a BatchScope can be opened only once; create a new one")
+        send, receive = anyio.create_memory_object_stream[Item[In, Out]](math.inf)
+        self._send = send
+        self._room = anyio.Semaphore(self._config.max_queue_size)
+        self._executor = Executor(self, self._fn)
+        self._scheduler = Scheduler(self, receive, FifoPool(), self._executor)
+        try:
+            async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
+                task_group.start_soon(
+                    self._schedule, task_group, name=f"batchscope scheduler of {self!r}"
+                )
+                self._state = _OPEN
+                try:
+                    yield self
+                except BaseException as exc:
+                    self._abort(exc)
+                    raise
+                self.close()
+        except BaseExceptionGroup as group:
+            # Our own tasks failed (fn raised a BaseException, or a bug in batchscope):
+            # one failure comes out as itself, not wrapped in a group of one.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        finally:
+            self._state = _CLOSED
+            send.close()
+
+    async def _schedule(self, task_group: TaskGroup) -> None:
+        try:
+            await self._scheduler.run(task_group)
+        except BaseException as exc:
+            self._note_crash(exc)
+            self._fail_waiting()
+            raise
+
+    def close(self) -> None:
+        """
+        Stop accepting items; those already queued still run.
+
+        Submits that have not queued their item yet (including callers waiting for room
+        in the queue) fail with :class:`ScopeClosedError`. Idempotent. Leaving ``async
+        with`` normally calls it and then waits for the queue to drain.
+
+        .. versionadded:: 0.1.0
+        """
+        if self._state is not _OPEN:
+            return
+        self._state = _CLOSING
+        self._send.close()
+        if self._room.statistics().tasks_waiting:
+            # Wake the first waiter for room; it sees the scope closing and passes the
+            # wake-up on, so every waiter gets ScopeClosedError.
+            self._room.release()
+        for iterator in list(self._maps):
+            iterator.stop_feeding()
+
+    def _note_crash(self, exc: BaseException) -> None:
+        if self._failure is None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+            self._failure = exc
+
+    def _closed_error(self) -> ScopeClosedError:
+        failure = self._failure
+        if failure is None:
+            return ScopeClosedError(f"{self!r} is closed: it takes no more items")
+        error = ScopeClosedError(f"{self!r} failed: {type(failure).__name__}: {failure}")
+        error.__cause__ = failure
+        return error
+
+    def _fail_waiting(self) -> None:
+        """End every queued or pooled item with ScopeClosedError."""
+        failed = self._scheduler.fail_waiting(self._closed_error())
+        self._recorder.failed += failed
+        self._recorder.pending -= failed
+
+    def _abort(self, exc: BaseException) -> None:
+        """The body failed or was cancelled: fail everything waiting, stop everything."""
+        self._note_crash(exc)
+        self.close()
+        self._state = _CLOSING
+        self._fail_waiting()
+        error = self._closed_error()
+        for batch in list(self._executor.running):
+            self._executor.fail_all(batch.items, error)
+        self._task_group.cancel_scope.cancel()
+
+    # -- the caller's side ---------------------------------------------------------------
+
+    def _closed_now(self) -> Exception:
+        if self._state is _NEW:
+            return NoActiveScopeError(
+                f"{self!r} is not open: use 'async with BatchScope(fn) as scope:' "
+                f"and submit inside the block"
+            )
+        return self._closed_error()
+
+    async def _admit(self) -> None:
+        """Count a submit and take room for its item in the queue."""
+        if self._state is not _OPEN:
+            raise self._closed_now()
+        recorder = self._recorder
+        recorder.submitted += 1
+        try:
+            self._room.acquire_nowait()
+        except WouldBlock:
+            if self._config.on_full == "reject":
+                recorder.rejected += 1
+                raise QueueFullError(
+                    f"the queue of {self!r} holds max_queue_size="
+                    f"{self._config.max_queue_size} pending items"
+                ) from None
+            try:
+                await self._room.acquire()
+            except BaseException:
+                recorder.cancelled += 1
+                raise
+            if self._state is not _OPEN:
+                self._room.release()  # pass the wake-up on to the next waiter
+                recorder.rejected += 1
+                raise self._closed_now() from None
+
+    def _queue(self, item: Item[In, Out]) -> None:
+        self._recorder.pending += 1
+        self._send.send_nowait(item)
+
+    def _release_room(self, count: int) -> None:
+        release = self._room.release
+        for _ in range(count):
+            release()
+
+    def _leave(self, item: Item[In, Out]) -> None:
+        """The caller of *item* is gone: withdraw it, or drop its result."""
+        state = item.state
+        recorder = self._recorder
+        if state == QUEUED or state == POOLED:
+            if state == POOLED:
+                self._scheduler.pool.discard(item)
+            item.state = WITHDRAWN
+            recorder.pending -= 1
+            recorder.cancelled += 1
+            self._room.release()
+        elif state == RUNNING:
+            item.state = ABANDONED
+            recorder.running -= 1
+            recorder.cancelled += 1
+            batch = item.batch
+            batch.live -= 1
+            self._executor.cancel_if_abandoned(batch)
+
+    def _expire(self, items: list[Item[In, Out]]) -> None:
+        """End pooled items whose caller's deadline passed before they could go."""
+        for item in items:
+            item.fail(
+                TimeoutError("the caller's deadline passed before its item was dispatched")
+            )
+        count = len(items)
+        self._recorder.pending -= count
+        self._recorder.cancelled += count
+        self._release_room(count)
+
+    async def submit(self, item: In, *, priority: float = 0) -> Out:
+        """
+        Submit one item and wait for its result.
+
+        There is no ``timeout=`` argument: bound the wait with ``anyio.fail_after`` or
+        ``anyio.move_on_after`` around the call, as everywhere in AnyIO and Trio.
+
+        Args:
+            item: The item to pass to the batch function.
+            priority: Stored with the item for priority policies; ignored by FIFO.
+
+        Returns:
+            The result the batch function returned for this item.
+
+        Raises:
+            ScopeClosedError: The scope is closed or closing, or failed while the item
+                waited (then ``__cause__`` says why).
+            QueueFullError: The queue is full and ``on_full="reject"``.
+            NoActiveScopeError: The scope has not been opened.
+            BatchSizeMismatchError: fn returned the wrong number of results.
+            Exception: Whatever fn raised for this item's batch, or returned at its
+                position, unchanged.
+
+        Cancellation:
+            While waiting for room in the queue: nothing was queued. While the item is
+            queued: it is withdrawn and never reaches fn. While its batch runs: the
+            cancellation takes effect at once, the batch still runs for the other items,
+            this item's result is dropped; an async batch whose callers have all left is
+            cancelled. The cancellation is never swallowed or turned into an error.
+
+        .. versionadded:: 0.1.0
+        """
+        await self._admit()
+        waited = WaitedItem[In, Out](
+            item, priority, anyio.current_time(), anyio.current_effective_deadline()
+        )
+        self._queue(waited)
+        try:
+            await waited.event.wait()
+        except BaseException:
+            self._leave(waited)
+            raise
+        return waited.outcome()
+
+    async def submit_many(
+        self, items: Iterable[In], *, return_exceptions: bool = False
+    ) -> list[Out | BaseException]:
+        """
+        Submit several items and wait for all their results, in input order.
+
+        Each item is one submit for batching and statistics; they may land in different
+        batches.
+
+        Args:
+            items: The items.
+            return_exceptions: With True, an item that failed has its exception in its
+                place in the list. With False (the default), the first failure is raised
+                and the other items are withdrawn (or, already dispatched, their results
+                dropped).
+
+        Returns:
+            One result per item, in the order of *items*.
+
+        Raises:
+            ScopeClosedError, QueueFullError, NoActiveScopeError: As for :meth:`submit`.
+            Exception: The first exception of an item, with ``return_exceptions=False``.
+
+        Cancellation:
+            Every item not yet ended is withdrawn or abandoned as in :meth:`submit`.
+
+        .. versionadded:: 0.1.0
+        """
+        return await gather(self, items, return_exceptions=return_exceptions)
+
+    def map(
+        self,
+        items: Iterable[In] | AsyncIterable[In],
+        *,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        window: int | None = None,
+    ) -> MapIterator[In, Out]:
+        """
+        Stream results for the items of a (sync or async) iterable, with bounded memory.
+
+        A feeder task in the scope pulls items from *items* and submits them while you
+        consume results. Use it as ``async for y in scope.map(xs)``; to stop early and
+        withdraw what is still queued at once, use ``async with scope.map(xs) as ys:``
+        (or call ``aclose()``).
+
+        Args:
+            items: The source of items; a sync iterable is iterated on the event loop, so
+                it should not block.
+            ordered: Yield results in input order (True) or as they complete (False).
+            return_exceptions: Yield an item's exception instead of raising it (which
+                stops the iteration and withdraws the rest).
+            window: The most items pulled from the source and not yet yielded; None means
+                ``4 * max_batch_size * max_concurrent_batches``.
+
+        Returns:
+            An async iterator of results (also an async context manager).
+
+        Raises:
+            ValueError: *window* is not a positive int.
+
+        .. versionadded:: 0.1.0
+        """
+        if window is None:
+            window = 4 * self._config.max_batch_size * self._config.max_concurrent_batches
+        elif isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"'window' must be a positive int or None, got {window!r}")
+        return MapIterator(
+            self, items, ordered=ordered, return_exceptions=return_exceptions, window=window
+        )
+
+    # -- introspection and control -------------------------------------------------------
+
+    def statistics(self) -> BatchStatistics:
+        """
+        Return a frozen snapshot of the scope's counters.
+
+        .. versionadded:: 0.1.0
+        """
+        return self._recorder.snapshot()
+
+    def configure(
+        self,
+        *,
+        max_batch_size: int | None = None,
+        max_wait: float | timedelta | None = None,
+        max_concurrent_batches: int | None = None,
+    ) -> None:
+        """
+        Change options of a scope, open or not; they apply from the next batch.
+
+        Args:
+            max_batch_size: New hard cap on items per batch.
+            max_wait: New wait for companions.
+            max_concurrent_batches: New number of batches that may run at once.
+
+        Raises:
+            TypeError, ValueError: An option is invalid (nothing is changed).
+
+        .. versionadded:: 0.1.0
+        """
+        changes: dict[str, Any] = {}
+        if max_batch_size is not None:
+            changes["max_batch_size"] = max_batch_size
+        if max_wait is not None:
+            changes["max_wait"] = max_wait
+        if max_concurrent_batches is not None:
+            changes["max_concurrent_batches"] = max_concurrent_batches
+        self._config = attrs.evolve(self._config, **changes)
+        if self._state is _OPEN or self._state is _CLOSING:
+            self._executor.set_capacity(self._config.max_concurrent_batches)
+            self._scheduler.wake()

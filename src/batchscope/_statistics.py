@@ -1,0 +1,160 @@
+"""
+Statistics: the live counters a scope keeps, and the frozen snapshot users read.
+
+The counters are plain integers bumped on the hot path (no locks: everything runs on the
+event loop). ``statistics()`` copies them into a frozen :class:`BatchStatistics`, the
+AnyIO/Trio ``statistics()`` convention. Percentiles are over the most recent
+``SAMPLES`` items.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import attrs
+
+__all__ = ["SAMPLES", "BatchStatistics", "Percentiles", "Recorder"]
+
+#: How many recent items the latency and queue-wait percentiles are computed over.
+SAMPLES = 10_000
+
+RELEASE_REASONS = ("size", "cost", "timer", "deadline", "drain")
+
+
+@attrs.frozen
+class Percentiles:
+    """
+    Percentiles of a duration in milliseconds (``nan`` before there is any sample).
+    """
+
+    #: Median.
+    p50: float
+    #: 90th percentile.
+    p90: float
+    #: 99th percentile.
+    p99: float
+
+    @classmethod
+    def of(cls, samples: deque[float]) -> Percentiles:
+        """Nearest-rank percentiles of *samples* (seconds), in milliseconds."""
+        if not samples:
+            return cls(math.nan, math.nan, math.nan)
+        ordered = sorted(samples)
+        n = len(ordered)
+
+        def rank(q: float) -> float:
+            return ordered[min(n - 1, max(0, math.ceil(q * n) - 1))] * 1000.0
+
+        return cls(rank(0.50), rank(0.90), rank(0.99))
+
+
+@attrs.frozen(kw_only=True)
+class BatchStatistics:
+    """
+    A snapshot of a scope's counters, returned by :meth:`BatchScope.statistics`.
+
+    While the scope is open, ``submitted == completed + failed + cancelled + rejected +
+    pending + running``; after it has exited, ``pending`` and ``running`` are 0.
+    """
+
+    #: ``submit()`` calls (and items of ``submit_many``/``map``) made while the scope was open.
+    submitted: int
+    #: Items that ended with a result.
+    completed: int
+    #: Items that ended with an exception (from fn, a mismatch, or the scope failing).
+    failed: int
+    #: Items whose caller was cancelled or timed out before the item ended.
+    cancelled: int
+    #: Items refused before they were queued (queue full, scope closing).
+    rejected: int
+    #: Items queued and not yet dispatched.
+    pending: int
+    #: Items in batches that are running now, whose callers still wait.
+    running: int
+    #: Items waiting in the queue right now (the same count as ``pending``).
+    queue_size: int
+    #: Batches running now.
+    in_flight: int
+    #: Batches dispatched so far.
+    batches: int
+    #: Mean number of items per dispatched batch (0.0 before the first batch).
+    mean_batch_size: float
+    #: ``(size, count)`` pairs, by size: how many batches had each size.
+    batch_size_histogram: tuple[tuple[int, int], ...]
+    #: Batches released per reason: ``size``, ``cost``, ``timer``, ``deadline``, ``drain``.
+    release_reasons: Mapping[str, int] = attrs.field(hash=False)
+    #: Time from submit to dispatch, over recent items.
+    queue_wait_ms: Percentiles
+    #: Time from submit to the end of the item's batch, over recent items.
+    latency_ms: Percentiles
+    #: Mean run time of a finished batch in milliseconds (0.0 before the first).
+    mean_batch_ms: float
+    #: Real cost over padded cost of all batches (1.0 when no ``cost`` is set).
+    padding_efficiency: float
+    #: Submits answered from the cache.
+    cache_hits: int
+    #: Cache look-ups that missed.
+    cache_misses: int
+    #: Submits that shared the computation of an identical pending item.
+    deduplicated: int
+
+
+@attrs.define(eq=False)
+class Recorder:
+    """The live counters of one scope; mutated in place on the event loop."""
+
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    rejected: int = 0
+    pending: int = 0
+    running: int = 0
+    in_flight: int = 0
+    batches: int = 0
+    batched_items: int = 0
+    finished_batches: int = 0
+    batch_seconds: float = 0.0
+    real_cost: float = 0.0
+    padded_cost: float = 0.0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    deduplicated: int = 0
+    sizes: Counter[int] = attrs.Factory(Counter)
+    reasons: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(RELEASE_REASONS, 0))
+    queue_waits: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
+    latencies: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
+
+    def snapshot(self) -> BatchStatistics:
+        """Freeze the counters into a :class:`BatchStatistics`."""
+        return BatchStatistics(
+            submitted=self.submitted,
+            completed=self.completed,
+            failed=self.failed,
+            cancelled=self.cancelled,
+            rejected=self.rejected,
+            pending=self.pending,
+            running=self.running,
+            queue_size=self.pending,
+            in_flight=self.in_flight,
+            batches=self.batches,
+            mean_batch_size=self.batched_items / self.batches if self.batches else 0.0,
+            batch_size_histogram=tuple(sorted(self.sizes.items())),
+            release_reasons=MappingProxyType(dict(self.reasons)),
+            queue_wait_ms=Percentiles.of(self.queue_waits),
+            latency_ms=Percentiles.of(self.latencies),
+            mean_batch_ms=(
+                self.batch_seconds * 1000.0 / self.finished_batches
+                if self.finished_batches
+                else 0.0
+            ),
+            padding_efficiency=(
+                self.real_cost / self.padded_cost if self.padded_cost else 1.0
+            ),
+            cache_hits=self.cache_hits,
+            cache_misses=self.cache_misses,
+            deduplicated=self.deduplicated,
+        )
