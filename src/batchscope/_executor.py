@@ -85,13 +85,23 @@ class Executor(Generic[In, Out]):
     async def _call(self, values: list[In]) -> Any:
         if self._is_async:
             return await self._fn(values)  # type: ignore[misc]
-        result = await anyio.to_thread.run_sync(
-            self._fn, values, abandon_on_cancel=True, limiter=self._limiter
+        return await anyio.to_thread.run_sync(
+            self._call_in_thread, values, abandon_on_cancel=True, limiter=self._limiter
         )
+
+    def _call_in_thread(self, values: list[In]) -> Any:
+        result = self._fn(values)
         if inspect.isawaitable(result):
-            # A plain function that returned an awaitable (say, a lambda around a
-            # coroutine function): await it here, on the loop.
-            result = await result
+            # A plain callable (a lambda, a partial) around a coroutine function: its
+            # coroutine cannot run in a thread, and we could not tell before calling it.
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            raise TypeError(
+                f"the batch function {self._fn!r} returned an awaitable from a worker "
+                f"thread; make it an 'async def' function (or an object with an async "
+                f"__call__) so that it runs on the event loop"
+            )
         return result
 
     async def _run(self, batch: Batch[In, Out]) -> None:

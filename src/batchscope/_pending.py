@@ -14,7 +14,7 @@ An item whose caller's deadline has already passed when its batch is formed is n
 handed to fn: the pool sets it aside in ``expired`` and the scope ends it (its caller's
 cancellation is already due; should the caller still be waiting, it gets TimeoutError).
 
-Whoever moves an item out of QUEUED/POOLED/RUNNING/EXPIRED ends it; every later attempt
+Whoever moves an item out of QUEUED/POOLED/RUNNING ends it; every later attempt
 sees the new state and does nothing, which is what makes completion exactly-once.
 
 A pool decides *which* items go together and *when* a batch is due. :class:`FifoPool`
@@ -192,7 +192,8 @@ class FifoPool:
     """
     First in, first out: a batch is the oldest live items, up to ``max_batch_size``.
 
-    Withdrawn items are dropped lazily when they reach the head, so a withdrawal is O(1).
+    Withdrawn items are dropped lazily when they reach the head (or when they outnumber
+    the live ones), so a withdrawal is O(1) amortised.
     """
 
     __slots__ = ("_items", "expired", "live")
@@ -209,6 +210,11 @@ class FifoPool:
 
     def discard(self, item: Item[Any, Any]) -> None:
         self.live -= 1
+        items = self._items
+        if len(items) > 2 * self.live + 64:
+            # Many withdrawn items (a cancellation storm while a batch runs): compact, so
+            # memory follows live items. Amortised O(1) per withdrawal.
+            self._items = deque(item for item in items if item.state == POOLED)
 
     def _head(self) -> Item[Any, Any] | None:
         items = self._items

@@ -51,6 +51,8 @@ class Scheduler(Generic[In, Out]):
         self._executor = executor
         self._wait_scope: anyio.CancelScope | None = None
         self._waiting_for_slot = False
+        #: How many times the scheduler has woken up (an idle scope must not).
+        self.wakeups = 0
 
     def wake(self) -> None:
         """Make the scheduler look again (the options changed)."""
@@ -85,6 +87,10 @@ class Scheduler(Generic[In, Out]):
         draining = False
         with receive:
             while True:
+                if scope._failure is not None or task_group.cancel_scope.cancel_called:
+                    # The scope is failing (a crash, or the body raised): dispatch nothing
+                    # more, whatever woke us; our own cancellation is on its way.
+                    await anyio.sleep_forever()
                 if not draining:
                     draining = self._pull()
                 config = scope.config
@@ -105,12 +111,14 @@ class Scheduler(Generic[In, Out]):
                 slot_busy = recorder.in_flight >= limit
                 if draining and not slot_busy:
                     continue  # only expired items were left; look again
+                # Keep receiving while every slot is busy, so that withdrawn items do not
+                # pile up in the channel; a finished batch cancels the wait.
                 due = math.inf if slot_busy else pool.due_at(config)
                 with anyio.CancelScope(deadline=due) as wait_scope:
                     self._wait_scope = wait_scope
                     self._waiting_for_slot = slot_busy
                     try:
-                        if slot_busy:
+                        if draining:
                             await anyio.sleep_forever()
                         else:
                             item = await receive.receive()
@@ -121,6 +129,7 @@ class Scheduler(Generic[In, Out]):
                     finally:
                         self._wait_scope = None
                         self._waiting_for_slot = False
+                self.wakeups += 1
 
     def _dispatch(
         self,

@@ -1,0 +1,71 @@
+"""
+Backends for every async test: asyncio (debug mode), asyncio + uvloop and trio, where
+installed. Tests marked ``virtual_time`` run instead on a virtual clock that jumps ahead
+whenever every task is blocked: Trio's ``MockClock(autojump_threshold=0)`` and, for
+asyncio, a looptime event loop — a fresh clock per test, so timing is exact.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+Backend = tuple[str, dict[str, Any]]
+
+
+def _uvloop_factory() -> Any:
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
+def _looptime_factory() -> Any:
+    import looptime
+
+    return lambda: looptime.new_event_loop(start=0.0)
+
+
+def _mock_clock() -> Any:
+    import trio.testing
+
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+REAL: dict[str, Callable[[], Backend]] = {"asyncio": lambda: ("asyncio", {"debug": True})}
+if _installed("uvloop"):
+    REAL["asyncio+uvloop"] = lambda: ("asyncio", {"loop_factory": _uvloop_factory()})
+if _installed("trio"):
+    REAL["trio"] = lambda: ("trio", {})
+
+VIRTUAL: dict[str, Callable[[], Backend]] = {
+    "asyncio+looptime": lambda: ("asyncio", {"loop_factory": _looptime_factory()}),
+}
+if _installed("trio"):
+    VIRTUAL["trio+mockclock"] = lambda: ("trio", {"clock": _mock_clock()})
+
+BACKENDS = {**REAL, **VIRTUAL}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "virtual_time: run on a virtual autojump clock (asyncio and trio)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "anyio_backend" in metafunc.fixturenames:
+        names = VIRTUAL if metafunc.definition.get_closest_marker("virtual_time") else REAL
+        metafunc.parametrize("anyio_backend", list(names), indirect=True)
+
+
+@pytest.fixture
+def anyio_backend(request: pytest.FixtureRequest) -> Backend:
+    """The backend and its options, built fresh for each test (a new clock each time)."""
+    return BACKENDS[request.param]()

@@ -1,0 +1,147 @@
+"""When batches go: size, timer, drain, pull-based growth, idleness (virtual time)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import batchscope as bs
+from batchscope.testing import FakeBatchFunction
+
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
+
+
+async def test_full_batch_goes_at_once() -> None:
+    """max_batch_size pending items are dispatched immediately, without waiting max_wait."""
+    fake = FakeBatchFunction[int, int]()
+    async with bs.BatchScope(fake, max_batch_size=4, max_wait=10.0) as scope:
+        start = anyio.current_time()
+        assert await scope.submit_many(range(4)) == [0, 1, 2, 3]
+        assert anyio.current_time() == start
+    assert fake.batches == [[0, 1, 2, 3]]
+    assert scope.statistics().release_reasons["size"] == 1
+
+
+async def test_lone_item_waits_max_wait_once() -> None:
+    """A lone item completes after max_wait + fn time, measured from its arrival, not twice."""
+    fake = FakeBatchFunction[int, int](delay=0.002)
+    async with bs.BatchScope(fake, max_wait=0.010) as scope:
+        await anyio.sleep(1.0)  # an idle scope first: nothing may be "already running"
+        start = anyio.current_time()
+        assert await scope.submit(7) == 7
+        assert anyio.current_time() - start == pytest.approx(0.012)
+        assert fake.call_times == [pytest.approx(start + 0.010)]
+    assert scope.statistics().release_reasons["timer"] == 1
+
+
+async def test_max_wait_counts_from_oldest_arrival() -> None:
+    """A partial batch goes when its oldest item has waited max_wait, taking later items along."""
+    fake = FakeBatchFunction[int, int]()
+    async with bs.BatchScope(fake, max_wait=0.010) as scope, anyio.create_task_group() as tg:
+        start = anyio.current_time()
+        tg.start_soon(scope.submit, 1)
+        await anyio.sleep(0.004)
+        tg.start_soon(scope.submit, 2)
+    assert fake.batches == [[1, 2]]
+    assert fake.call_times == [pytest.approx(start + 0.010)]
+
+
+async def test_zero_max_wait_dispatches_without_waiting() -> None:
+    """max_wait=0 sends each arrival at once (time does not advance)."""
+    fake = FakeBatchFunction[int, int]()
+    async with bs.BatchScope(fake, max_wait=0) as scope:
+        start = anyio.current_time()
+        assert await scope.submit(1) == 1
+        assert anyio.current_time() == start
+
+
+async def test_items_accumulate_while_the_slot_is_busy() -> None:
+    """Pull-based: while the only slot is busy, arrivals accumulate into the next, larger batch."""
+    fake = FakeBatchFunction[int, int](delay=1.0)
+    async with bs.BatchScope(fake, max_batch_size=100, max_wait=0.001) as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scope.submit, 0)
+            await anyio.sleep(0.5)  # batch [0] is running now
+            for i in range(1, 11):
+                tg.start_soon(scope.submit, i)
+        stats = scope.statistics()
+    assert [sorted(batch) for batch in fake.batches] == [[0], list(range(1, 11))]
+    # The second batch left the moment the slot freed, at t=1.001, not a max_wait later.
+    assert fake.call_times[1] - fake.call_times[0] == pytest.approx(1.0)
+    assert stats.batch_size_histogram == ((1, 1), (10, 1))
+
+
+async def test_concurrent_batches_share_the_load() -> None:
+    """With max_concurrent_batches=2, two batches run at once."""
+    fake = FakeBatchFunction[int, int](delay=1.0)
+    async with bs.BatchScope(
+        fake, max_batch_size=2, max_wait=0, max_concurrent_batches=2
+    ) as scope:
+        start = anyio.current_time()
+        assert await scope.submit_many(range(4)) == [0, 1, 2, 3]
+        assert anyio.current_time() - start == pytest.approx(1.0)
+    assert sorted(map(sorted, fake.batches)) == [[0, 1], [2, 3]]
+
+
+async def test_idle_scope_wakes_nobody() -> None:
+    """An idle scope's scheduler sleeps without a timer: an idle hour wakes it zero times."""
+    fake = FakeBatchFunction[int, int]()
+    async with bs.BatchScope(fake, max_wait=0.005) as scope:
+        await scope.submit(1)
+        await anyio.sleep(0.1)
+        before = scope._scheduler.wakeups
+        await anyio.sleep(3600)
+        assert scope._scheduler.wakeups == before
+
+
+async def test_drain_on_exit_sends_pending_items_at_once() -> None:
+    """Leaving the block sends pending items without waiting out max_wait (reason 'drain')."""
+    fake = FakeBatchFunction[int, int]()
+    results: list[int] = []
+
+    async def caller(scope: bs.BatchScope[int, int], x: int) -> None:
+        results.append(await scope.submit(x))
+
+    async with anyio.create_task_group() as outer:
+        async with bs.BatchScope(fake, max_wait=60.0) as scope:
+            outer.start_soon(caller, scope, 1)
+            outer.start_soon(caller, scope, 2)
+            await anyio.wait_all_tasks_blocked()
+            start = anyio.current_time()
+        assert anyio.current_time() == start
+    assert sorted(results) == [1, 2]
+    assert scope.statistics().release_reasons["drain"] == 1
+
+
+async def test_configure_applies_from_the_next_batch() -> None:
+    """configure() changes max_batch_size and max_wait of an open scope; a waiting timer re-arms."""
+    fake = FakeBatchFunction[int, int]()
+    async with bs.BatchScope(fake, max_batch_size=2, max_wait=60.0) as scope:
+        assert await scope.submit_many(range(4)) == [0, 1, 2, 3]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scope.submit, 9)
+            await anyio.sleep(0.1)
+            scope.configure(max_wait=0.5, max_batch_size=3)
+            start = anyio.current_time() - 0.1
+        # The item arrived at start; it goes at start + the new max_wait.
+        assert anyio.current_time() - start == pytest.approx(0.5)
+        assert await scope.submit_many(range(3)) == [0, 1, 2]
+    assert fake.batches == [[0, 1], [2, 3], [9], [0, 1, 2]]
+    assert scope.config.max_batch_size == 3
+
+
+async def test_item_whose_caller_already_gave_up_never_reaches_fn() -> None:
+    """An item whose caller's deadline passed by dispatch time is not handed to fn."""
+    fake = FakeBatchFunction[int, int]()
+    async with bs.BatchScope(fake, max_wait=0.010) as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scope.submit, 1)
+
+            async def impatient() -> None:
+                with anyio.move_on_after(0.010):
+                    await scope.submit(2)
+
+            tg.start_soon(impatient)
+    assert fake.items == [1]
+    stats = scope.statistics()
+    assert (stats.completed, stats.cancelled) == (1, 1)
