@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import traceback
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -102,7 +103,7 @@ async def test_non_sequence_result_is_a_clear_type_error() -> None:
     async def broken(items: list[int]) -> int:
         return 42
 
-    async with bs.BatchScope(broken) as scope:  # type: ignore[arg-type]
+    async with bs.BatchScope[int, int](cast(Any, broken)) as scope:
         with pytest.raises(TypeError, match="must return a sequence of results, got int"):
             await scope.submit(1)
 

@@ -74,9 +74,7 @@ async def test_items_accumulate_while_the_slot_is_busy() -> None:
 async def test_concurrent_batches_share_the_load() -> None:
     """With max_concurrent_batches=2, two batches run at once."""
     fake = FakeBatchFunction[int, int](delay=1.0)
-    async with bs.BatchScope(
-        fake, max_batch_size=2, max_wait=0, max_concurrent_batches=2
-    ) as scope:
+    async with bs.BatchScope(fake, max_batch_size=2, max_wait=0, max_concurrent_batches=2) as scope:
         start = anyio.current_time()
         assert await scope.submit_many(range(4)) == [0, 1, 2, 3]
         assert anyio.current_time() - start == pytest.approx(1.0)
@@ -133,15 +131,31 @@ async def test_configure_applies_from_the_next_batch() -> None:
 async def test_item_whose_caller_already_gave_up_never_reaches_fn() -> None:
     """An item whose caller's deadline passed by dispatch time is not handed to fn."""
     fake = FakeBatchFunction[int, int]()
-    async with bs.BatchScope(fake, max_wait=0.010) as scope:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(scope.submit, 1)
+    async with bs.BatchScope(fake, max_wait=0.010) as scope, anyio.create_task_group() as tg:
+        tg.start_soon(scope.submit, 1)
 
-            async def impatient() -> None:
-                with anyio.move_on_after(0.010):
-                    await scope.submit(2)
+        async def impatient() -> None:
+            with anyio.move_on_after(0.010):
+                await scope.submit(2)
 
-            tg.start_soon(impatient)
+        tg.start_soon(impatient)
     assert fake.items == [1]
     stats = scope.statistics()
     assert (stats.completed, stats.cancelled) == (1, 1)
+
+
+async def test_caller_whose_deadline_moved_still_gets_its_result() -> None:
+    """An item set aside for a passed deadline runs anyway if its caller turns out to still wait."""
+    fake = FakeBatchFunction[int, int]()
+    async with bs.BatchScope(fake, max_wait=0.010) as scope:
+        with anyio.CancelScope(deadline=anyio.current_time() + 0.005) as caller_scope:
+            async with anyio.create_task_group() as tg:
+
+                async def extend() -> None:
+                    await anyio.sleep(0.004)
+                    caller_scope.deadline = float("inf")
+
+                tg.start_soon(extend)
+                assert await scope.submit(5) == 5
+    assert fake.items == [5]
+    assert scope.statistics().completed == 1

@@ -32,17 +32,16 @@ async def test_submit_after_close_raises_scope_closed() -> None:
     """After close(), submit raises ScopeClosedError; pending items still run."""
     fake = FakeBatchFunction[int, int]()
     results: list[int] = []
-    async with bs.BatchScope(fake, max_wait=0.01) as scope:
-        async with anyio.create_task_group() as tg:
+    async with bs.BatchScope(fake, max_wait=0.01) as scope, anyio.create_task_group() as tg:
 
-            async def call() -> None:
-                results.append(await scope.submit(1))
+        async def call() -> None:
+            results.append(await scope.submit(1))
 
-            tg.start_soon(call)
-            await anyio.wait_all_tasks_blocked()
-            scope.close()
-            with pytest.raises(bs.ScopeClosedError, match="is closed"):
-                await scope.submit(2)
+        tg.start_soon(call)
+        await anyio.wait_all_tasks_blocked()
+        scope.close()
+        with pytest.raises(bs.ScopeClosedError, match="is closed"):
+            await scope.submit(2)
     assert results == [1]
     with pytest.raises(bs.ScopeClosedError):
         await scope.submit(3)
@@ -137,8 +136,7 @@ async def test_base_exception_from_fn_fails_everyone_and_propagates(sync: bool) 
         raise Boom("fn crashed")
 
     async def crash_async(items: list[int]) -> list[int]:
-        while not crash_now.is_set():
-            await anyio.sleep(0.001)
+        await anyio.to_thread.run_sync(crash_now.wait, 10)
         raise Boom("fn crashed")
 
     errors: list[bs.ScopeClosedError] = []
@@ -280,15 +278,17 @@ async def test_statistics_add_up_while_open_and_after_exit() -> None:
         )
         assert stats.submitted == total
 
-    async with bs.BatchScope(fake, max_batch_size=4, max_wait=0.001) as scope:
-        async with anyio.create_task_group() as tg:
-            for x in range(10):
-                tg.start_soon(functools.partial(scope.submit_many, [x], return_exceptions=True))
-            await anyio.wait_all_tasks_blocked()
-            check(scope.statistics())
-            with anyio.move_on_after(0.001):
-                await scope.submit(100)
-            check(scope.statistics())
+    async with (
+        bs.BatchScope(fake, max_batch_size=4, max_wait=0.001) as scope,
+        anyio.create_task_group() as tg,
+    ):
+        for x in range(10):
+            tg.start_soon(functools.partial(scope.submit_many, [x], return_exceptions=True))
+        await anyio.wait_all_tasks_blocked()
+        check(scope.statistics())
+        with anyio.move_on_after(0.001):
+            await scope.submit(100)
+        check(scope.statistics())
     stats = scope.statistics()
     check(stats)
     assert stats.pending == stats.running == stats.in_flight == 0

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import attrs
 
-__all__ = ["OnFull", "ScopeConfig", "to_seconds"]
+__all__ = ["OnFull", "ScopeConfig", "check_int", "to_seconds"]
 
 OnFull = Literal["wait", "reject"]
 
@@ -22,7 +22,8 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
-def _check_int(name: str, value: object, *, minimum: int) -> None:
+def check_int(name: str, value: object, *, minimum: int) -> None:
+    """Raise TypeError unless *value* is an int (not a bool), ValueError if below *minimum*."""
     # bool is an int subclass, but max_batch_size=True is always a mistake.
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name!r} must be an int, not {_type_name(value)}")
@@ -52,14 +53,11 @@ def to_seconds(name: str, value: object) -> float:
 
 
 def _positive_int(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    _check_int(attribute.name, value, minimum=1)
+    check_int(attribute.name, value, minimum=1)
 
 
-def _seconds(value: float | timedelta, field: attrs.Attribute[Any]) -> float:
-    return to_seconds(field.name, value)
-
-
-_duration = attrs.Converter(_seconds, takes_field=True)  # type: ignore[call-overload]
+def _max_wait(value: float | timedelta) -> float:
+    return to_seconds("max_wait", value)
 
 
 def _on_full(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -76,7 +74,7 @@ class ScopeConfig:
     """
 
     max_batch_size: int = attrs.field(default=32, validator=_positive_int)
-    max_wait: float = attrs.field(default=0.005, converter=_duration)
+    max_wait: float = attrs.field(default=0.005, converter=_max_wait)
     max_queue_size: int = attrs.field(default=10_000, validator=_positive_int)
     on_full: OnFull = attrs.field(default="wait", validator=_on_full)
     max_concurrent_batches: int = attrs.field(default=1, validator=_positive_int)

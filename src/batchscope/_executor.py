@@ -31,7 +31,11 @@ __all__ = ["Batch", "BatchFunction", "Executor", "is_async_callable"]
 In = TypeVar("In")
 Out = TypeVar("Out")
 
-BatchFunction = Callable[[list[In]], "Sequence[Out] | Awaitable[Sequence[Out]]"]
+#: ``fn(items) -> results``, sync or async; an ``Exception`` in the results fails one item.
+BatchFunction = (
+    Callable[[list[In]], Sequence[Out | Exception]]
+    | Callable[[list[In]], Awaitable[Sequence[Out | Exception]]]
+)
 
 
 def is_async_callable(fn: object) -> bool:
@@ -109,6 +113,7 @@ class Executor(Generic[In, Out]):
         recorder = scope._recorder
         items = batch.items
         started = anyio.current_time()
+        results: Any = None
         try:
             with anyio.CancelScope() as cancel_scope:
                 batch.cancel_scope = cancel_scope
@@ -160,14 +165,13 @@ class Executor(Generic[In, Out]):
             self.fail_all(
                 items,
                 BatchSizeMismatchError(
-                    f"the batch function returned {count} results "
-                    f"for a batch of {len(items)} items"
+                    f"the batch function returned {count} results for a batch of {len(items)} items"
                 ),
             )
             return
         recorder = self._scope._recorder
         completed = failed = 0
-        for item, result in zip(items, results):
+        for item, result in zip(items, results, strict=True):
             if item.state != RUNNING:
                 continue  # its caller left; the result is dropped
             if isinstance(result, Exception):

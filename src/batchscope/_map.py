@@ -3,14 +3,13 @@ Many items per call: ``submit_many`` (gather) and ``map`` (a bounded stream).
 
 Both queue one item per input through the same admission and channel as ``submit``, but
 their items report to a callback instead of one event each: ``gather`` parks the caller
-on a single event for the whole call, ``map`` sends ended items into its own memory
-channel, read by the consumer. ``map`` pulls from its source in a feeder task that lives
-in the scope's task group, at most ``window`` items ahead of the consumer.
+on a single event for the whole call; ``map`` collects ended items and wakes its consumer
+with one event per wait. ``map`` pulls from its source in a feeder task that lives in the
+scope's task group, at most ``window`` items ahead of the consumer.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -63,9 +62,7 @@ async def gather(
                 outcomes[index] = exc
                 remaining -= 1
                 continue
-            item = CallbackItem[In, Out](
-                value, 0, anyio.current_time(), deadline, index, on_done
-            )
+            item = CallbackItem[In, Out](value, 0, anyio.current_time(), deadline, index, on_done)
             scope._queue(item)
             queued.append(item)
         if remaining:
@@ -109,9 +106,6 @@ class MapIterator(Generic[In, Out]):
         self._return_exceptions = return_exceptions
         self._window_size = window
         self._window: anyio.Semaphore | None = None
-        self._send, self._receive = anyio.create_memory_object_stream[
-            "CallbackItem[In, Out] | None"
-        ](math.inf)
         self._started = False
         self._stop_requested = False
         self._closed = False
@@ -120,6 +114,8 @@ class MapIterator(Generic[In, Out]):
         self._outstanding: dict[int, CallbackItem[In, Out]] = {}
         #: Ended items not yet yielded (ordered mode: waiting for their turn).
         self._ready: dict[int, CallbackItem[In, Out]] = {}
+        #: Set when an item ends or the feeder stops, while the consumer waits.
+        self._wakeup: anyio.Event | None = None
         self._next = 0
         self._yielded = 0
         #: How many items the feeder queued in all, once it has stopped.
@@ -136,7 +132,13 @@ class MapIterator(Generic[In, Out]):
 
     def _on_done(self, item: CallbackItem[In, Out]) -> None:
         if not self._closed:
-            self._send.send_nowait(item)
+            self._ready[item.index] = item
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
 
     async def _put(self, value: In, index: int, deadline: float) -> bool:
         """Queue one item; False when the scope refuses more."""
@@ -157,9 +159,7 @@ class MapIterator(Generic[In, Out]):
         except BaseException:
             window.release()
             raise
-        item = CallbackItem[In, Out](
-            value, 0, anyio.current_time(), deadline, index, self._on_done
-        )
+        item = CallbackItem[In, Out](value, 0, anyio.current_time(), deadline, index, self._on_done)
         self._outstanding[index] = item
         scope._queue(item)
         return True
@@ -193,8 +193,7 @@ class MapIterator(Generic[In, Out]):
             self._feed_error = exc  # the source raised; re-raised to the consumer
         finally:
             self._fed = count
-            if not self._closed:
-                self._send.send_nowait(None)
+            self._wake()
 
     def _start(self) -> None:
         scope = self._scope
@@ -219,34 +218,24 @@ class MapIterator(Generic[In, Out]):
         while True:
             if ready:
                 if not self._ordered:
-                    _, item = ready.popitem()
                     await anyio.lowlevel.checkpoint()
-                    return self._hand_out(item)
-                item_or_none = ready.pop(self._next, None)
-                if item_or_none is not None:
+                    # The earliest to end first (dicts keep insertion order).
+                    return self._hand_out(ready.pop(next(iter(ready))))
+                if self._next in ready:
+                    await anyio.lowlevel.checkpoint()
                     self._next += 1
-                    await anyio.lowlevel.checkpoint()
-                    return self._hand_out(item_or_none)
+                    return self._hand_out(ready.pop(self._next - 1))
             if self._fed is not None and self._yielded >= self._fed:
                 self._finish()
                 if self._feed_error is not None:
                     raise self._feed_error
                 raise StopAsyncIteration
+            wakeup = self._wakeup = anyio.Event()
             try:
-                got = await self._receive.receive()
+                await wakeup.wait()
             except BaseException:
-                await self.aclose()
+                self._close_now()
                 raise
-            if got is not None:
-                ready[got.index] = got
-            # Take whatever else has ended, without waiting.
-            while True:
-                try:
-                    got = self._receive.receive_nowait()
-                except WouldBlock:
-                    break
-                if got is not None:
-                    ready[got.index] = got
 
     def _hand_out(self, item: CallbackItem[In, Out]) -> Out | BaseException:
         self._yielded += 1
@@ -263,8 +252,6 @@ class MapIterator(Generic[In, Out]):
     def _finish(self) -> None:
         self._closed = True
         self._scope._maps.discard(self)
-        self._send.close()
-        self._receive.close()
 
     def _close_now(self) -> None:
         if self._closed:

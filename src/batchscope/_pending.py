@@ -7,15 +7,18 @@ batch takes it, and ends exactly once: with a result, with an exception, or canc
 (its caller left). The ``state`` field is the item's whole life::
 
     QUEUED ──► POOLED ──► RUNNING ──► DONE          (result or exception)
-       │          │          └──────► ABANDONED     (caller left after dispatch)
-       └──────────┴─────────────────► WITHDRAWN     (caller left before dispatch)
+       │        │  ▲         └──────► ABANDONED     (caller left after dispatch)
+       │        ▼  │
+       │      EXPIRED ──────────────► WITHDRAWN     (caller left before dispatch)
+       └────────────────────────────► WITHDRAWN
 
-An item whose caller's deadline has already passed when its batch is formed is never
-handed to fn: the pool sets it aside in ``expired`` and the scope ends it (its caller's
-cancellation is already due; should the caller still be waiting, it gets TimeoutError).
-
-Whoever moves an item out of QUEUED/POOLED/RUNNING ends it; every later attempt
+Whoever moves an item out of QUEUED/POOLED/EXPIRED/RUNNING ends it; every later attempt
 sees the new state and does nothing, which is what makes completion exactly-once.
+
+An item whose caller's deadline has already passed when a batch is formed is never handed
+to fn: the pool sets it aside as EXPIRED, for its caller's cancellation (already due) to
+withdraw. Should the caller still be there a scheduler tick later (its deadline was moved),
+the item goes back to the pool with no deadline: nobody hangs.
 
 A pool decides *which* items go together and *when* a batch is due. :class:`FifoPool`
 is the plain first-in-first-out policy; cost- and length-aware policies implement the
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ABANDONED",
     "DONE",
+    "EXPIRED",
     "POOLED",
     "QUEUED",
     "RUNNING",
@@ -59,6 +63,7 @@ RUNNING = 2
 DONE = 3
 WITHDRAWN = 4
 ABANDONED = 5
+EXPIRED = 6
 
 #: Why a batch left the pool: ``size``, ``cost``, ``timer``, ``deadline`` or ``drain``.
 Release = str
@@ -164,7 +169,8 @@ class Pool(Protocol):
 
     #: Live items in the pool.
     live: int
-    #: Items :meth:`take` found whose caller's deadline had passed; the scheduler ends them.
+    #: Items :meth:`take` set aside (state EXPIRED) because their caller's deadline had
+    #: passed; the scheduler collects them.
     expired: list[Item[Any, Any]]
 
     def add(self, item: Item[Any, Any]) -> None:
@@ -254,6 +260,7 @@ class FifoPool:
             if item.deadline <= now:
                 # Its caller has already given up (its cancellation is due): never hand
                 # such an item to fn.
+                item.state = EXPIRED
                 self.expired.append(item)
                 continue
             batch.append(item)

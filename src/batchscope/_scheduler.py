@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 from anyio import EndOfStream, WouldBlock
 
-from ._pending import QUEUED, RUNNING, Item, Pool, Release
+from ._pending import EXPIRED, QUEUED, RUNNING, Item, Pool, Release
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
@@ -53,6 +53,8 @@ class Scheduler(Generic[In, Out]):
         self._waiting_for_slot = False
         #: How many times the scheduler has woken up (an idle scope must not).
         self.wakeups = 0
+        #: Items set aside because their caller's deadline passed (see _pending).
+        self._limbo: list[Item[In, Out]] = []
 
     def wake(self) -> None:
         """Make the scheduler look again (the options changed)."""
@@ -85,6 +87,7 @@ class Scheduler(Generic[In, Out]):
         receive = self._receive
         recorder = scope._recorder
         draining = False
+        limbo = self._limbo
         with receive:
             while True:
                 if scope._failure is not None or task_group.cancel_scope.cancel_called:
@@ -100,27 +103,29 @@ class Scheduler(Generic[In, Out]):
                     while recorder.in_flight < limit:
                         taken = pool.take(now, config, draining)
                         if pool.expired:
-                            scope._expire(pool.expired)
+                            limbo.extend(pool.expired)
                             pool.expired.clear()
                         if taken is None:
                             break
                         self._dispatch(task_group, taken[0], taken[1], now)
-                if draining and not pool.live:
+                if draining and not pool.live and not limbo:
                     return
 
-                slot_busy = recorder.in_flight >= limit
-                if draining and not slot_busy:
-                    continue  # only expired items were left; look again
-                # Keep receiving while every slot is busy, so that withdrawn items do not
-                # pile up in the channel; a finished batch cancels the wait.
-                due = math.inf if slot_busy else pool.due_at(config)
+                if limbo:
+                    due = anyio.current_time()  # look again after one tick
+                elif recorder.in_flight >= limit:
+                    due = math.inf  # a finished batch wakes us
+                else:
+                    due = pool.due_at(config)
                 with anyio.CancelScope(deadline=due) as wait_scope:
                     self._wait_scope = wait_scope
-                    self._waiting_for_slot = slot_busy
+                    self._waiting_for_slot = recorder.in_flight >= limit
                     try:
                         if draining:
                             await anyio.sleep_forever()
                         else:
+                            # Keep receiving even while every slot is busy, so withdrawn
+                            # items never pile up in the channel.
                             item = await receive.receive()
                             if item.state == QUEUED:
                                 pool.add(item)
@@ -130,6 +135,16 @@ class Scheduler(Generic[In, Out]):
                         self._wait_scope = None
                         self._waiting_for_slot = False
                 self.wakeups += 1
+                if limbo:
+                    self._revive(limbo)
+
+    def _revive(self, limbo: list[Item[In, Out]]) -> None:
+        """Items set aside whose caller did not leave after all: back to the pool."""
+        for item in limbo:
+            if item.state == EXPIRED:
+                item.deadline = math.inf  # the caller's deadline evidently moved
+                self.pool.add(item)
+        limbo.clear()
 
     def _dispatch(
         self,
@@ -159,6 +174,8 @@ class Scheduler(Generic[In, Out]):
         """End every item still queued or pooled with *error*; return how many."""
         failed = 0
         items: list[Item[Any, Any]] = self.pool.clear()
+        items.extend(item for item in self._limbo if item.state == EXPIRED)
+        self._limbo.clear()
         while True:
             try:
                 item = self._receive.receive_nowait()

@@ -23,11 +23,21 @@ import attrs
 from anyio import AsyncContextManagerMixin, WouldBlock
 from anyio.abc import TaskGroup
 
-from ._config import OnFull, ScopeConfig
+from ._config import OnFull, ScopeConfig, check_int
 from ._exceptions import NoActiveScopeError, QueueFullError, ScopeClosedError
 from ._executor import BatchFunction, Executor
 from ._map import MapIterator, gather
-from ._pending import ABANDONED, POOLED, QUEUED, RUNNING, WITHDRAWN, FifoPool, Item, WaitedItem
+from ._pending import (
+    ABANDONED,
+    EXPIRED,
+    POOLED,
+    QUEUED,
+    RUNNING,
+    WITHDRAWN,
+    FifoPool,
+    Item,
+    WaitedItem,
+)
 from ._scheduler import Scheduler
 from ._statistics import BatchStatistics, Recorder
 
@@ -253,7 +263,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         """The caller of *item* is gone: withdraw it, or drop its result."""
         state = item.state
         recorder = self._recorder
-        if state == QUEUED or state == POOLED:
+        if state in (QUEUED, POOLED, EXPIRED):
             if state == POOLED:
                 self._scheduler.pool.discard(item)
             item.state = WITHDRAWN
@@ -267,17 +277,6 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             batch = item.batch
             batch.live -= 1
             self._executor.cancel_if_abandoned(batch)
-
-    def _expire(self, items: list[Item[In, Out]]) -> None:
-        """End pooled items whose caller's deadline passed before they could go."""
-        for item in items:
-            item.fail(
-                TimeoutError("the caller's deadline passed before its item was dispatched")
-            )
-        count = len(items)
-        self._recorder.pending -= count
-        self._recorder.cancelled += count
-        self._release_room(count)
 
     async def submit(self, item: In, *, priority: float = 0) -> Out:
         """
@@ -382,14 +381,15 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             An async iterator of results (also an async context manager).
 
         Raises:
-            ValueError: *window* is not a positive int.
+            TypeError: *window* is not an int.
+            ValueError: *window* is below 1.
 
         .. versionadded:: 0.1.0
         """
         if window is None:
             window = 4 * self._config.max_batch_size * self._config.max_concurrent_batches
-        elif isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"'window' must be a positive int or None, got {window!r}")
+        else:
+            check_int("window", window, minimum=1)
         return MapIterator(
             self, items, ordered=ordered, return_exceptions=return_exceptions, window=window
         )

@@ -123,7 +123,7 @@ class Recorder:
     cache_hits: int = 0
     cache_misses: int = 0
     deduplicated: int = 0
-    sizes: Counter[int] = attrs.Factory(Counter)
+    sizes: Counter[int] = attrs.Factory(Counter[int])
     reasons: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(RELEASE_REASONS, 0))
     queue_waits: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
     latencies: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
@@ -151,9 +151,7 @@ class Recorder:
                 if self.finished_batches
                 else 0.0
             ),
-            padding_efficiency=(
-                self.real_cost / self.padded_cost if self.padded_cost else 1.0
-            ),
+            padding_efficiency=(self.real_cost / self.padded_cost if self.padded_cost else 1.0),
             cache_hits=self.cache_hits,
             cache_misses=self.cache_misses,
             deduplicated=self.deduplicated,

@@ -48,12 +48,12 @@ class FakeBatchFunction(Generic[In, Out]):
 
     transform: Callable[[In], Out] = _identity
     delay: float = 0.0
-    fail_items: Mapping[Hashable, BaseException] = attrs.Factory(dict)
-    raise_on: Mapping[Hashable, BaseException] = attrs.Factory(dict)
+    fail_items: Mapping[Hashable, Exception] = attrs.Factory(dict[Hashable, Exception])
+    raise_on: Mapping[Hashable, BaseException] = attrs.Factory(dict[Hashable, BaseException])
     #: Every batch received, in call order (a copy of the item list).
-    batches: list[list[In]] = attrs.field(factory=list, init=False)
+    batches: list[list[In]] = attrs.field(factory=list[list[In]], init=False)
     #: ``anyio.current_time()`` at the start of each call.
-    call_times: list[float] = attrs.field(factory=list, init=False)
+    call_times: list[float] = attrs.field(factory=list[float], init=False)
     #: Calls that were cancelled before they returned.
     cancelled_calls: int = attrs.field(default=0, init=False)
 
@@ -62,7 +62,7 @@ class FakeBatchFunction(Generic[In, Out]):
         """Every item received, in order, flattened over batches."""
         return [item for batch in self.batches for item in batch]
 
-    async def __call__(self, items: list[In]) -> list[Out | BaseException]:
+    async def __call__(self, items: list[In]) -> list[Out | Exception]:
         self.batches.append(list(items))
         self.call_times.append(anyio.current_time())
         try:
@@ -74,7 +74,7 @@ class FakeBatchFunction(Generic[In, Out]):
         for item in items:
             if isinstance(item, Hashable) and item in self.raise_on:
                 raise self.raise_on[item]
-        results: list[Out | BaseException] = []
+        results: list[Out | Exception] = []
         for item in items:
             if isinstance(item, Hashable) and item in self.fail_items:
                 results.append(self.fail_items[item])
