@@ -56,7 +56,7 @@ async def test_shared_exception_traceback_does_not_grow() -> None:
     """Raising one batch exception in many callers does not pile up their tracebacks."""
     fake = FakeBatchFunction[int, int](raise_on={0: RuntimeError("boom")})
     depths: list[int] = []
-    async with bs.BatchScope(fake, max_batch_size=20, max_wait=0) as scope:
+    async with bs.BatchScope(fake, max_batch_size=20, max_wait=60) as scope:
 
         async def call(x: int) -> None:
             try:
