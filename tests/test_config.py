@@ -38,13 +38,13 @@ def test_invalid_option_names_itself(options: dict[str, Any], error: type, messa
 def test_unknown_option_is_a_type_error() -> None:
     """An option that does not exist is rejected (no silent typos)."""
     with pytest.raises(TypeError, match="max_batchsize"):
-        bs.BatchScope(fn, max_batchsize=3)  # type: ignore[call-arg]
+        bs.BatchScope(fn, max_batchsize=3)  # type: ignore[call-overload]
 
 
 def test_fn_must_be_callable() -> None:
     """A non-callable fn is a TypeError naming 'fn'."""
     with pytest.raises(TypeError, match="'fn' must be callable"):
-        bs.BatchScope(42)  # type: ignore[arg-type]
+        bs.BatchScope(42)  # type: ignore[call-overload]
 
 
 def test_durations_accept_timedelta() -> None:

@@ -150,8 +150,8 @@ async def test_base_exception_from_fn_fails_everyone_and_propagates(sync: bool) 
     fn: Any = crash_sync if sync else crash_async
     async with anyio.create_task_group() as tg:
         with pytest.raises(Boom, match="fn crashed"):
-            async with bs.BatchScope(fn, max_batch_size=2, max_wait=0) as scope:
-                for x in range(4):  # two in the running batch, two pending
+            async with bs.BatchScope(fn, max_batch_size=2, max_wait=60) as scope:
+                for x in range(4):  # two in the running (full) batch, two pending
                     tg.start_soon(outside, scope, x)
                 await anyio.wait_all_tasks_blocked()
                 assert scope.statistics().running == scope.statistics().pending == 2

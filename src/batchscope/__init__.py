@@ -15,6 +15,7 @@ from ._exceptions import ItemTooLargeError as ItemTooLargeError
 from ._exceptions import NoActiveScopeError as NoActiveScopeError
 from ._exceptions import QueueFullError as QueueFullError
 from ._exceptions import ScopeClosedError as ScopeClosedError
+from ._executor import Collator as Collator
 from ._map import MapIterator as MapIterator
 from ._scope import BatchScope as BatchScope
 from ._statistics import BatchStatistics as BatchStatistics
@@ -26,6 +27,7 @@ __all__ = [
     "BatchSizeMismatchError",
     "BatchStatistics",
     "CircuitOpenError",
+    "Collator",
     "ItemTooLargeError",
     "MapIterator",
     "NoActiveScopeError",

@@ -8,6 +8,7 @@ unbatched and batched, and prints throughput and latency for each.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -43,12 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = DemoConfig(
         clients=args.clients, requests=args.requests, max_batch_size=args.max_batch_size
     )
-    if args.backend == "trio":
-        try:
-            import trio  # noqa: F401
-        except ImportError:
-            print("--backend trio needs Trio: pip install 'batchscope[trio]'", file=sys.stderr)
-            return 2
+    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+        print("--backend trio needs Trio: pip install 'batchscope[trio]'", file=sys.stderr)
+        return 2
     results = anyio.run(run_demo, config, backend=args.backend)
     print(format_table(config, args.backend, results))
     return 0

@@ -103,7 +103,7 @@ def _result(mode: str, seconds: float, latencies: list[float], batch: float) -> 
 
 async def run_demo(config: DemoConfig) -> list[DemoResult]:
     """Serve the same load unbatched and batched; return one result per mode."""
-    results = []
+    results: list[DemoResult] = []
 
     model = SimulatedModel(config.call_overhead, config.per_item)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -26,16 +26,55 @@ from ._pending import RUNNING, Item
 if TYPE_CHECKING:
     from ._scope import BatchScope
 
-__all__ = ["Batch", "BatchFunction", "Executor", "is_async_callable"]
+__all__ = ["Batch", "BatchFunction", "Collator", "Executor", "is_async_callable"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+Out_co = TypeVar("Out_co", covariant=True)
 
 #: ``fn(items) -> results``, sync or async; an ``Exception`` in the results fails one item.
 BatchFunction = (
     Callable[[list[In]], Sequence[Out | Exception]]
     | Callable[[list[In]], Awaitable[Sequence[Out | Exception]]]
 )
+
+
+class Collator(Protocol[In, Out_co]):
+    """
+    Turns a batch's items into the batch function's input, and its output back into items.
+
+    With ``BatchScope(fn, collate=collator)``, each batch runs as::
+
+        batch_input, context = await collator.collate(items)
+        output = fn(batch_input)            # or await fn(batch_input)
+        results = await collator.split(output, context)
+
+    ``results`` must hold one result per item, in order (an ``Exception`` fails one item).
+    An exception from ``collate`` or ``split`` fails every item of that batch, like one
+    from fn. Both are coroutines so that a device collator can await its copies without
+    blocking the event loop; they run in the batch's task, so with
+    ``max_concurrent_batches=2`` one batch collates while another computes.
+
+    .. versionadded:: 0.1.0
+    """
+
+    async def collate(self, items: list[In]) -> tuple[Any, Any]:
+        """Return ``(input for fn, context for split)`` for *items*."""
+        ...
+
+    async def split(self, output: Any, context: Any) -> Sequence[Out_co | Exception]:
+        """Return one result per item from fn's *output*."""
+        ...
+
+
+def check_collator(collate: object) -> None:
+    """Raise TypeError unless *collate* has coroutine methods ``collate`` and ``split``."""
+    for method in ("collate", "split"):
+        if not inspect.iscoroutinefunction(getattr(collate, method, None)):
+            raise TypeError(
+                f"'collate' must be a collator with async collate() and split() methods, "
+                f"got {type(collate).__name__}"
+            )
 
 
 def is_async_callable(fn: object) -> bool:
@@ -61,9 +100,15 @@ class Batch(Generic[In, Out]):
 class Executor(Generic[In, Out]):
     """Starts batch tasks in the scope's task group and routes their outcomes."""
 
-    def __init__(self, scope: BatchScope[In, Out], fn: BatchFunction[In, Out]) -> None:
+    def __init__(
+        self,
+        scope: BatchScope[In, Out],
+        fn: BatchFunction[In, Out] | Callable[[Any], Any],
+        collator: Collator[In, Out] | None,
+    ) -> None:
         self._scope = scope
         self._fn = fn
+        self._collator = collator
         self._is_async = is_async_callable(fn)
         self._limiter = anyio.CapacityLimiter(scope.config.max_concurrent_batches)
         #: Batches running now (for failing their items if the scope breaks).
@@ -87,13 +132,20 @@ class Executor(Generic[In, Out]):
             batch.cancel_scope.cancel()
 
     async def _call(self, values: list[In]) -> Any:
+        collator = self._collator
+        if collator is None:
+            return await self._invoke(values)
+        batch_input, context = await collator.collate(values)
+        return await collator.split(await self._invoke(batch_input), context)
+
+    async def _invoke(self, batch_input: Any) -> Any:
         if self._is_async:
-            return await self._fn(values)  # type: ignore[misc]
+            return await cast("Callable[[Any], Awaitable[Any]]", self._fn)(batch_input)
         return await anyio.to_thread.run_sync(
-            self._call_in_thread, values, abandon_on_cancel=True, limiter=self._limiter
+            self._call_in_thread, batch_input, abandon_on_cancel=True, limiter=self._limiter
         )
 
-    def _call_in_thread(self, values: list[In]) -> Any:
+    def _call_in_thread(self, values: Any) -> Any:
         result = self._fn(values)
         if inspect.isawaitable(result):
             # A plain callable (a lambda, a partial) around a coroutine function: its

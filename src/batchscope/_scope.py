@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import anyio
 import attrs
@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 
 from ._config import OnFull, ScopeConfig, check_int
 from ._exceptions import NoActiveScopeError, QueueFullError, ScopeClosedError
-from ._executor import BatchFunction, Executor
+from ._executor import BatchFunction, Collator, Executor, check_collator
 from ._map import MapIterator, gather
 from ._pending import (
     ABANDONED,
@@ -75,6 +75,9 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         on_full: ``"wait"``: ``submit`` waits for room in the queue (backpressure);
             ``"reject"``: ``submit`` raises :class:`QueueFullError` at once.
         max_concurrent_batches: Batches running at once.
+        collate: A :class:`Collator` that turns the item list into fn's input (say, one
+            padded array) and fn's output back into per-item results
+            (:mod:`batchscope.arrays` has collators for NumPy, CuPy and PyTorch).
 
     Raises:
         TypeError: *fn* is not callable, or an option has the wrong type.
@@ -83,6 +86,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
     .. versionadded:: 0.1.0
     """
 
+    @overload
     def __init__(
         self,
         fn: BatchFunction[In, Out],
@@ -92,10 +96,39 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         max_queue_size: int = 10_000,
         on_full: OnFull = "wait",
         max_concurrent_batches: int = 1,
+        collate: None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        max_batch_size: int = 32,
+        max_wait: float | timedelta = 0.005,
+        max_queue_size: int = 10_000,
+        on_full: OnFull = "wait",
+        max_concurrent_batches: int = 1,
+        collate: Collator[In, Out],
+    ) -> None: ...
+
+    def __init__(
+        self,
+        fn: BatchFunction[In, Out] | Callable[[Any], Any],
+        *,
+        max_batch_size: int = 32,
+        max_wait: float | timedelta = 0.005,
+        max_queue_size: int = 10_000,
+        on_full: OnFull = "wait",
+        max_concurrent_batches: int = 1,
+        collate: Collator[In, Out] | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"'fn' must be callable, not {type(fn).__name__}")
+        if collate is not None:
+            check_collator(collate)
         self._fn = fn
+        self._collate = collate
         self._config = ScopeConfig(
             max_batch_size=max_batch_size,
             max_wait=max_wait,
@@ -132,7 +165,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         send, receive = anyio.create_memory_object_stream[Item[In, Out]](math.inf)
         self._send = send
         self._room = anyio.Semaphore(self._config.max_queue_size)
-        self._executor = Executor(self, self._fn)
+        self._executor = Executor(self, self._fn, self._collate)
         self._scheduler = Scheduler(self, receive, FifoPool(), self._executor)
         try:
             async with anyio.create_task_group() as task_group:
