@@ -27,6 +27,18 @@ def fn(items: list[int]) -> list[int]:
         ({"max_queue_size": 0}, ValueError, "'max_queue_size' must be >= 1"),
         ({"on_full": "drop"}, ValueError, "'on_full' must be 'wait' or 'reject'"),
         ({"max_concurrent_batches": 0}, ValueError, "'max_concurrent_batches' must be >= 1"),
+        ({"max_wait": "auto"}, ValueError, "max_wait='auto' needs 'target_latency'"),
+        ({"target_latency": 0.1}, ValueError, "'target_latency' applies only with"),
+        ({"max_wait": "auto", "target_latency": 0}, ValueError, "'target_latency' must be > 0"),
+        ({"cost": 3}, TypeError, "'cost' must be callable"),
+        ({"max_batch_cost": 10}, ValueError, "'max_batch_cost' needs a 'cost' function"),
+        ({"cost": len, "max_batch_cost": 0}, ValueError, "'max_batch_cost' must be a finite"),
+        ({"cost": len, "max_batch_cost": "9"}, TypeError, "'max_batch_cost' must be a number"),
+        ({"cost_mode": "max"}, ValueError, "'cost_mode' must be one of 'padded', 'sum'"),
+        ({"oversize": "drop"}, ValueError, "'oversize' must be one of 'run_alone', 'reject'"),
+        ({"policy": "lifo"}, ValueError, "'policy' must be one of 'fifo', 'length'"),
+        ({"policy": "length"}, ValueError, "policy='length' needs a 'cost' function"),
+        ({"aging": -1}, ValueError, "'aging' must be a finite duration"),
     ],
 )
 def test_invalid_option_names_itself(options: dict[str, Any], error: type, message: str) -> None:
@@ -62,3 +74,14 @@ def test_configure_validates_and_changes_nothing_on_error() -> None:
     scope.configure(max_batch_size=16, max_wait=timedelta(seconds=1), max_concurrent_batches=2)
     assert (scope.config.max_batch_size, scope.config.max_wait) == (16, 1.0)
     assert scope.config.max_concurrent_batches == 2
+
+
+def test_configure_switches_to_auto_wait() -> None:
+    """configure(max_wait='auto', target_latency=...) is accepted; 'auto' alone is not."""
+    scope = bs.BatchScope(FakeBatchFunction[int, int]())
+    with pytest.raises(ValueError, match="needs 'target_latency'"):
+        scope.configure(max_wait="auto")
+    scope.configure(max_wait="auto", target_latency=0.05)
+    assert (scope.config.max_wait, scope.config.target_latency) == ("auto", 0.05)
+    scope.configure(max_wait=0.01)
+    assert (scope.config.max_wait, scope.config.target_latency) == (0.01, None)

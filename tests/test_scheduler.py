@@ -128,20 +128,44 @@ async def test_configure_applies_from_the_next_batch() -> None:
     assert scope.config.max_batch_size == 3
 
 
-async def test_item_whose_caller_already_gave_up_never_reaches_fn() -> None:
-    """An item whose caller's deadline passed by dispatch time is not handed to fn."""
+async def test_partial_batch_leaves_early_for_a_callers_deadline() -> None:
+    """A caller's deadline releases a partial batch before max_wait, in time to finish."""
     fake = FakeBatchFunction[int, int]()
-    async with bs.BatchScope(fake, max_wait=0.010) as scope, anyio.create_task_group() as tg:
-        tg.start_soon(scope.submit, 1)
+    async with bs.BatchScope(fake, max_wait=1.0) as scope, anyio.create_task_group() as tg:
+        tg.start_soon(scope.submit, 1)  # no deadline: would wait a second
+        with anyio.fail_after(0.050):
+            assert await scope.submit(2) == 2
+    # Released 1.5 estimated batch times (2 ms each before any is timed) early.
+    assert fake.call_times == [pytest.approx(0.047)]
+    assert sorted(fake.batches[0]) == [1, 2]
+    assert scope.statistics().release_reasons["deadline"] == 1
 
-        async def impatient() -> None:
-            with anyio.move_on_after(0.010):
+
+async def test_item_that_cannot_finish_in_time_never_reaches_fn() -> None:
+    """With batches known to take 100 ms, a caller with 50 ms to live is never dispatched."""
+    fake = FakeBatchFunction[int, int](delay=0.100)
+    async with bs.BatchScope(fake, max_wait=0.010) as scope:
+        assert await scope.submit(0) == 0  # times one batch: the model now says 100 ms
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scope.submit, 1)
+            with anyio.move_on_after(0.050) as impatient:
                 await scope.submit(2)
+        assert impatient.cancelled_caught
+        stats = scope.statistics()
+    assert fake.items == [0, 1]
+    assert (stats.completed, stats.cancelled) == (2, 1)
 
-        tg.start_soon(impatient)
-    assert fake.items == [1]
-    stats = scope.statistics()
-    assert (stats.completed, stats.cancelled) == (1, 1)
+
+async def test_auto_max_wait_meets_the_latency_target() -> None:
+    """max_wait='auto' waits as long as a full batch still meets target_latency."""
+    fake = FakeBatchFunction[int, int](delay=0.010)
+    async with bs.BatchScope(fake, max_wait="auto", target_latency=0.050) as scope:
+        await scope.submit(0)  # the first batch: 2 ms guessed, so it waited 48 ms
+        assert fake.call_times[0] == pytest.approx(0.048)
+        start = anyio.current_time()
+        await scope.submit(1)  # now timed at 10 ms: wait 40 ms, finish at 50 ms
+        assert anyio.current_time() - start == pytest.approx(0.050)
+    assert fake.call_times[1] - start == pytest.approx(0.040)
 
 
 async def test_caller_whose_deadline_moved_still_gets_its_result() -> None:

@@ -8,14 +8,26 @@ the scope is constructed (or reconfigured), never later inside the scheduler.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
 
 import attrs
 
-__all__ = ["OnFull", "ScopeConfig", "check_int", "to_seconds"]
+__all__ = [
+    "CostMode",
+    "OnFull",
+    "Oversize",
+    "Policy",
+    "ScopeConfig",
+    "check_int",
+    "to_seconds",
+]
 
 OnFull = Literal["wait", "reject"]
+CostMode = Literal["padded", "sum"]
+Oversize = Literal["run_alone", "reject"]
+Policy = Literal["fifo", "length", "priority"]
 
 
 def _type_name(value: object) -> str:
@@ -56,8 +68,55 @@ def _positive_int(_: Any, attribute: attrs.Attribute[Any], value: object) -> Non
     check_int(attribute.name, value, minimum=1)
 
 
-def _max_wait(value: float | timedelta) -> float:
+def _max_wait(value: float | timedelta | Literal["auto"]) -> float | Literal["auto"]:
+    if value == "auto":
+        return "auto"
     return to_seconds("max_wait", value)
+
+
+def _optional_seconds(name: str) -> Callable[[float | timedelta | None], float | None]:
+    def convert(value: float | timedelta | None) -> float | None:
+        if value is None:
+            return None
+        seconds = to_seconds(name, value)
+        if seconds == 0:
+            raise ValueError(f"{name!r} must be > 0, got {value!r}")
+        return seconds
+
+    return convert
+
+
+def _target_latency(value: float | timedelta | None) -> float | None:
+    return _optional_seconds("target_latency")(value)
+
+
+def _aging(value: float | timedelta) -> float:
+    seconds = _optional_seconds("aging")(value)
+    assert seconds is not None
+    return seconds
+
+
+def _choice(*allowed: str) -> Callable[[Any, attrs.Attribute[Any], object], None]:
+    def validate(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value not in allowed:
+            options = ", ".join(repr(a) for a in allowed)
+            raise ValueError(f"{attribute.name!r} must be one of {options}, got {value!r}")
+
+    return validate
+
+
+def _optional_callable(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{attribute.name!r} must be callable, not {_type_name(value)}")
+
+
+def _optional_positive_number(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{attribute.name!r} must be a number, not {_type_name(value)}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{attribute.name!r} must be a finite number > 0, got {value!r}")
 
 
 def _on_full(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -74,7 +133,25 @@ class ScopeConfig:
     """
 
     max_batch_size: int = attrs.field(default=32, validator=_positive_int)
-    max_wait: float = attrs.field(default=0.005, converter=_max_wait)
+    max_wait: float | Literal["auto"] = attrs.field(default=0.005, converter=_max_wait)
+    target_latency: float | None = attrs.field(default=None, converter=_target_latency)
     max_queue_size: int = attrs.field(default=10_000, validator=_positive_int)
     on_full: OnFull = attrs.field(default="wait", validator=_on_full)
     max_concurrent_batches: int = attrs.field(default=1, validator=_positive_int)
+    cost: Callable[[Any], float] | None = attrs.field(default=None, validator=_optional_callable)
+    max_batch_cost: float | None = attrs.field(default=None, validator=_optional_positive_number)
+    cost_mode: CostMode = attrs.field(default="padded", validator=_choice("padded", "sum"))
+    oversize: Oversize = attrs.field(default="run_alone", validator=_choice("run_alone", "reject"))
+    policy: Policy = attrs.field(default="fifo", validator=_choice("fifo", "length", "priority"))
+    aging: float = attrs.field(default=0.1, converter=_aging)
+
+    def __attrs_post_init__(self) -> None:
+        # Options that only make sense together.
+        if self.max_wait == "auto" and self.target_latency is None:
+            raise ValueError("max_wait='auto' needs 'target_latency' (seconds)")
+        if self.target_latency is not None and self.max_wait != "auto":
+            raise ValueError("'target_latency' applies only with max_wait='auto'")
+        if self.max_batch_cost is not None and self.cost is None:
+            raise ValueError("'max_batch_cost' needs a 'cost' function (for example cost=len)")
+        if self.policy == "length" and self.cost is None:
+            raise ValueError("policy='length' needs a 'cost' function (for example cost=len)")

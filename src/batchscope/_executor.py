@@ -88,10 +88,12 @@ def is_async_callable(fn: object) -> bool:
 class Batch(Generic[In, Out]):
     """One dispatched batch: its items and what is needed to cancel it."""
 
-    __slots__ = ("cancel_scope", "items", "live")
+    __slots__ = ("cancel_scope", "items", "live", "load")
 
-    def __init__(self, items: list[Item[In, Out]]) -> None:
+    def __init__(self, items: list[Item[In, Out]], load: float) -> None:
         self.items = items
+        #: The batch's size, or cost, for the run-time model.
+        self.load = load
         #: Items whose callers still wait for this batch.
         self.live = len(items)
         self.cancel_scope: anyio.CancelScope | None = None
@@ -118,9 +120,11 @@ class Executor(Generic[In, Out]):
         """Apply a new ``max_concurrent_batches`` (from the next batch)."""
         self._limiter.total_tokens = batches
 
-    def start(self, task_group: anyio.abc.TaskGroup, items: list[Item[In, Out]]) -> None:
+    def start(
+        self, task_group: anyio.abc.TaskGroup, items: list[Item[In, Out]], load: float
+    ) -> None:
         """Run *items* as one batch in a new task of *task_group*."""
-        batch = Batch(items)
+        batch = Batch(items, load)
         for item in items:
             item.batch = batch
         self.running.add(batch)
@@ -185,6 +189,7 @@ class Executor(Generic[In, Out]):
             raise
         else:
             if not cancel_scope.cancel_called:
+                scope._scheduler.model.observe(batch.load, anyio.current_time() - started)
                 self._route(items, results)
         finally:
             self.running.discard(batch)

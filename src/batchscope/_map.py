@@ -18,7 +18,7 @@ import anyio
 import anyio.lowlevel
 from anyio import WouldBlock
 
-from ._exceptions import QueueFullError, ScopeClosedError
+from ._exceptions import BatchScopeError, ScopeClosedError
 from ._pending import CallbackItem
 
 if TYPE_CHECKING:
@@ -55,14 +55,17 @@ async def gather(
         deadline = anyio.current_effective_deadline()
         for index, value in enumerate(values):
             try:
-                await scope._admit()
-            except (QueueFullError, ScopeClosedError) as exc:
+                cost = await scope._admit(value)
+            except (BatchScopeError, ValueError, TypeError) as exc:
+                # Refused (queue full, scope closed, too large, bad cost): this item only.
                 if not return_exceptions:
                     raise
                 outcomes[index] = exc
                 remaining -= 1
                 continue
-            item = CallbackItem[In, Out](value, 0, anyio.current_time(), deadline, index, on_done)
+            item = CallbackItem[In, Out](
+                value, 0, cost, anyio.current_time(), deadline, index, on_done
+            )
             scope._queue(item)
             queued.append(item)
         if remaining:
@@ -150,16 +153,19 @@ class MapIterator(Generic[In, Out]):
             await window.acquire()
         scope = self._scope
         try:
-            await scope._admit()
-        except (QueueFullError, ScopeClosedError) as exc:
-            item = CallbackItem[In, Out](value, 0, 0.0, deadline, index, self._on_done)
+            cost = await scope._admit(value)
+        except (BatchScopeError, ValueError, TypeError) as exc:
+            # Refused (queue full, scope closed, too large, bad cost): reported in its turn.
+            item = CallbackItem[In, Out](value, 0, 0.0, 0.0, deadline, index, self._on_done)
             self._outstanding[index] = item
             item.fail(exc)  # reported to the consumer in its turn
             return not isinstance(exc, ScopeClosedError)
         except BaseException:
             window.release()
             raise
-        item = CallbackItem[In, Out](value, 0, anyio.current_time(), deadline, index, self._on_done)
+        item = CallbackItem[In, Out](
+            value, 0, cost, anyio.current_time(), deadline, index, self._on_done
+        )
         self._outstanding[index] = item
         scope._queue(item)
         return True

@@ -1,5 +1,5 @@
 """
-Pending items: the per-item record, its completion, and the FIFO pool of the scheduler.
+Pending items: the per-item record, its completion, and the FIFO and priority pools.
 
 Every submitted item is one :class:`Item`. It is created by the caller's task, travels
 through the scope's memory channel to the scheduler, which keeps it in a pool until a
@@ -20,23 +20,25 @@ to fn: the pool sets it aside as EXPIRED, for its caller's cancellation (already
 withdraw. Should the caller still be there a scheduler tick later (its deadline was moved),
 the item goes back to the pool with no deadline: nobody hangs.
 
-A pool decides *which* items go together and *when* a batch is due. :class:`FifoPool`
-is the plain first-in-first-out policy; cost- and length-aware policies implement the
-same small :class:`Pool` protocol.
+A pool decides *which* items go together and *when* a batch is due. Every pool shares
+:class:`PoolBase` (arrival order for ``max_wait`` and aging, a deadline heap for early
+release, the cost budget); :class:`FifoPool` and :class:`PriorityPool` live here, the
+length-bucketing pool in ``_bucketing``.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
-
-if TYPE_CHECKING:
-    from ._config import ScopeConfig
+import attrs
 
 __all__ = [
     "ABANDONED",
@@ -46,10 +48,14 @@ __all__ = [
     "QUEUED",
     "RUNNING",
     "WITHDRAWN",
+    "Budget",
     "CallbackItem",
     "FifoPool",
     "Item",
+    "Limits",
     "Pool",
+    "PoolBase",
+    "PriorityPool",
     "Release",
     "WaitedItem",
 ]
@@ -79,6 +85,7 @@ class Item(ABC, Generic[In, Out]):
     __slots__ = (
         "arrival",
         "batch",
+        "cost",
         "deadline",
         "error",
         "error_tb",
@@ -88,9 +95,13 @@ class Item(ABC, Generic[In, Out]):
         "value",
     )
 
-    def __init__(self, value: In, priority: float, arrival: float, deadline: float) -> None:
+    def __init__(
+        self, value: In, priority: float, cost: float, arrival: float, deadline: float
+    ) -> None:
         self.value = value
         self.priority = priority
+        #: ``cost(value)`` when the scope has a cost function, else 1.
+        self.cost = cost
         #: ``anyio.current_time()`` at submit.
         self.arrival = arrival
         #: The caller's effective deadline at submit (``inf`` when none).
@@ -134,8 +145,10 @@ class WaitedItem(Item[In, Out]):
 
     __slots__ = ("event",)
 
-    def __init__(self, value: In, priority: float, arrival: float, deadline: float) -> None:
-        super().__init__(value, priority, arrival, deadline)
+    def __init__(
+        self, value: In, priority: float, cost: float, arrival: float, deadline: float
+    ) -> None:
+        super().__init__(value, priority, cost, arrival, deadline)
         self.event = anyio.Event()
 
     def _notify(self) -> None:
@@ -151,12 +164,13 @@ class CallbackItem(Item[In, Out]):
         self,
         value: In,
         priority: float,
+        cost: float,
         arrival: float,
         deadline: float,
         index: int,
         callback: Callable[[CallbackItem[In, Out]], None],
     ) -> None:
-        super().__init__(value, priority, arrival, deadline)
+        super().__init__(value, priority, cost, arrival, deadline)
         self.index = index
         self.callback = callback
 
@@ -164,11 +178,69 @@ class CallbackItem(Item[In, Out]):
         self.callback(self)
 
 
+@attrs.frozen
+class Limits:
+    """What the scheduler tells a pool about the next batch (fresh each time it looks)."""
+
+    #: Hard cap on items per batch.
+    max_batch_size: int
+    #: How long the oldest item may wait for companions (``max_wait``, or the automatic one).
+    wait: float
+    #: Budget per batch in cost units, or None.
+    max_batch_cost: float | None
+    #: ``cost_mode == "padded"``: a batch costs ``len(batch) * max(cost)``, else the sum.
+    padded: bool
+    #: Estimated run time of a batch now (for deadlines).
+    runtime: float
+
+
+class Budget:
+    """
+    A batch being formed under ``max_batch_size`` and ``max_batch_cost``; O(1) per item.
+
+    The first item always fits (an item over budget on its own runs alone: never a
+    livelock); after it, an item fits when the batch's cost with it stays in budget.
+    """
+
+    __slots__ = ("_cost_limit", "_padded", "_size_limit", "count", "max_cost", "sum_cost")
+
+    def __init__(self, limits: Limits) -> None:
+        self._size_limit = limits.max_batch_size
+        self._cost_limit = limits.max_batch_cost
+        self._padded = limits.padded
+        self.count = 0
+        self.max_cost = 0.0
+        self.sum_cost = 0.0
+
+    @property
+    def full_by_size(self) -> bool:
+        return self.count >= self._size_limit
+
+    def fits(self, cost: float) -> bool:
+        """Whether an item of *cost* can join (the size limit is checked by the caller)."""
+        limit = self._cost_limit
+        if limit is None or self.count == 0:
+            return True
+        if self.max_cost > limit:  # an oversize item runs alone
+            return False
+        if self._padded:
+            return (self.count + 1) * max(self.max_cost, cost) <= limit
+        return self.sum_cost + cost <= limit
+
+    def add(self, cost: float) -> None:
+        self.count += 1
+        self.sum_cost += cost
+        if cost > self.max_cost:
+            self.max_cost = cost
+
+
 class Pool(Protocol):
     """What the scheduler asks of a pending pool (a batching policy)."""
 
     #: Live items in the pool.
     live: int
+    #: Their total cost.
+    pending_cost: float
     #: Items :meth:`take` set aside (state EXPIRED) because their caller's deadline had
     #: passed; the scheduler collects them.
     expired: list[Item[Any, Any]]
@@ -179,12 +251,12 @@ class Pool(Protocol):
     def discard(self, item: Item[Any, Any]) -> None:
         """Forget a pooled item whose caller withdrew it (already marked WITHDRAWN)."""
 
-    def due_at(self, config: ScopeConfig) -> float:
-        """The time the next batch becomes due by timer; ``inf`` when the pool is empty."""
+    def due_at(self, limits: Limits) -> float:
+        """When a batch becomes due by timer or deadline; ``inf`` when the pool is empty."""
         ...
 
     def take(
-        self, now: float, config: ScopeConfig, draining: bool
+        self, now: float, limits: Limits, draining: bool
     ) -> tuple[list[Item[Any, Any]], Release] | None:
         """Remove and return the next batch and why it goes, or None if none is due."""
         ...
@@ -194,82 +266,267 @@ class Pool(Protocol):
         ...
 
 
-class FifoPool:
+class PoolBase:
     """
-    First in, first out: a batch is the oldest live items, up to ``max_batch_size``.
+    What every policy shares: live count, pending cost, arrival order, deadlines.
 
-    Withdrawn items are dropped lazily when they reach the head (or when they outnumber
-    the live ones), so a withdrawal is O(1) amortised.
+    Items leave the arrival deque and the deadline heap lazily (their state tells), so
+    withdrawals are O(1); both are compacted when dead entries outnumber live ones.
     """
-
-    __slots__ = ("_items", "expired", "live")
 
     def __init__(self) -> None:
-        self._items: deque[Item[Any, Any]] = deque()
         self.live = 0
+        self.pending_cost = 0.0
         self.expired: list[Item[Any, Any]] = []
+        self._order: deque[Item[Any, Any]] = deque()
+        self._deadlines: list[tuple[float, int, Item[Any, Any]]] = []
+        self._seq = itertools.count()
 
-    def add(self, item: Item[Any, Any]) -> None:
+    # -- bookkeeping shared by subclasses ----------------------------------------------------
+
+    def _track(self, item: Item[Any, Any]) -> None:
         item.state = POOLED
-        self._items.append(item)
         self.live += 1
+        self.pending_cost += item.cost
+        self._order.append(item)
+        if item.deadline != math.inf:
+            heapq.heappush(self._deadlines, (item.deadline, next(self._seq), item))
+
+    def _untrack(self, item: Item[Any, Any], withdrawn: bool) -> None:
+        self.live -= 1
+        self.pending_cost -= item.cost
+        self._on_remove(item, withdrawn)
 
     def discard(self, item: Item[Any, Any]) -> None:
-        self.live -= 1
-        items = self._items
-        if len(items) > 2 * self.live + 64:
-            # Many withdrawn items (a cancellation storm while a batch runs): compact, so
-            # memory follows live items. Amortised O(1) per withdrawal.
-            self._items = deque(item for item in items if item.state == POOLED)
+        self._untrack(item, withdrawn=True)
+        if len(self._order) > 2 * self.live + 64:
+            self._order = deque(i for i in self._order if i.state == POOLED)
+            self._deadlines = [e for e in self._deadlines if e[2].state == POOLED]
+            heapq.heapify(self._deadlines)
+            self._on_compact()
 
-    def _head(self) -> Item[Any, Any] | None:
-        items = self._items
-        while items:
-            head = items[0]
+    def _on_remove(self, item: Item[Any, Any], withdrawn: bool) -> None:
+        """A policy's own bookkeeping when a live item leaves (taken or withdrawn)."""
+
+    def _on_compact(self) -> None:
+        """The arrival order was rebuilt without dead entries."""
+
+    def oldest(self) -> Item[Any, Any] | None:
+        """The live item that arrived first."""
+        order = self._order
+        while order:
+            head = order[0]
             if head.state == POOLED:
                 return head
-            items.popleft()
+            order.popleft()
+            self._popped_head()
         return None
 
-    def due_at(self, config: ScopeConfig) -> float:
-        head = self._head()
-        return float("inf") if head is None else head.arrival + config.max_wait
+    def _popped_head(self) -> None:
+        """A dead entry left the head of the arrival order."""
 
-    def take(
-        self, now: float, config: ScopeConfig, draining: bool
-    ) -> tuple[list[Item[Any, Any]], Release] | None:
-        head = self._head()
-        if head is None:
+    def earliest_deadline(self) -> float:
+        """The soonest caller deadline among live items (``inf`` when none)."""
+        heap = self._deadlines
+        while heap:
+            if heap[0][2].state == POOLED:
+                return heap[0][0]
+            heapq.heappop(heap)
+        return math.inf
+
+    def due_at(self, limits: Limits) -> float:
+        oldest = self.oldest()
+        if oldest is None:
+            return math.inf
+        # Release early when waiting longer would make a caller miss its deadline.
+        return min(oldest.arrival + limits.wait, self.earliest_deadline() - 1.5 * limits.runtime)
+
+    def _timer_reason(self, now: float, limits: Limits, draining: bool) -> Release | None:
+        """Why a partial batch is due now (drain, timer, deadline), or None."""
+        if draining:
+            return "drain"
+        oldest = self.oldest()
+        if oldest is None:
             return None
-        if self.live >= config.max_batch_size:
-            reason = "size"
-        elif draining:
-            reason = "drain"
-        elif now >= head.arrival + config.max_wait:
-            reason = "timer"
-        else:
-            return None
+        if now >= oldest.arrival + limits.wait:
+            return "timer"
+        if now >= self.earliest_deadline() - 1.5 * limits.runtime:
+            return "deadline"
+        return None
+
+    def _fill(
+        self, candidates: Iterable[Item[Any, Any]], now: float, limits: Limits
+    ) -> tuple[list[Item[Any, Any]], bool]:
+        """
+        Take live candidates in order into a batch under the budget.
+
+        Returns the batch and whether the cost budget (not the size) stopped it. Items
+        whose caller will have given up before the batch can finish are set aside.
+        """
+        budget = Budget(limits)
         batch: list[Item[Any, Any]] = []
-        items = self._items
-        limit = config.max_batch_size
-        while items and len(batch) < limit:
-            item = items.popleft()
+        give_up = now + limits.runtime
+        for item in candidates:
             if item.state != POOLED:
                 continue
-            self.live -= 1
-            if item.deadline <= now:
-                # Its caller has already given up (its cancellation is due): never hand
-                # such an item to fn.
+            if budget.full_by_size:
+                return batch, False
+            if not budget.fits(item.cost):
+                return batch, True
+            self._untrack(item, withdrawn=False)
+            if item.deadline < give_up:
                 item.state = EXPIRED
                 self.expired.append(item)
                 continue
+            budget.add(item.cost)
             batch.append(item)
-        if not batch:
-            return None
-        return batch, reason
+        return batch, False
 
     def clear(self) -> list[Item[Any, Any]]:
-        live = [item for item in self._items if item.state == POOLED]
-        self._items.clear()
+        live = [item for item in self._order if item.state == POOLED]
+        self._order.clear()
+        self._deadlines.clear()
         self.live = 0
+        self.pending_cost = 0.0
+        self._on_clear()
         return live
+
+    def _on_clear(self) -> None:
+        """A policy's own clean-up when the pool is emptied."""
+
+
+class FifoPool(PoolBase):
+    """
+    First in, first out: a batch is the oldest live items, up to the size and cost limits.
+
+    A full batch is due at once. With a cost budget, "full" is known without rescanning:
+    the pool keeps the cost of the batch that the oldest items would form, extended by
+    each arrival in O(1), and recomputed only after a batch is taken or a withdrawal.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._prefix: Budget | None = None
+        self._prefix_end = 0  # entries of _order already counted in _prefix
+        self._prefix_full = False
+        self._prefix_limits: Limits | None = None
+
+    def add(self, item: Item[Any, Any]) -> None:
+        self._track(item)
+
+    def _on_remove(self, item: Item[Any, Any], withdrawn: bool) -> None:
+        if withdrawn:
+            self._prefix = None  # recount lazily
+
+    def _on_compact(self) -> None:
+        self._prefix = None
+
+    def _on_clear(self) -> None:
+        self._prefix = None
+
+    def _popped_head(self) -> None:
+        if self._prefix_end:
+            self._prefix_end -= 1
+
+    def _batch_is_full(self, limits: Limits) -> bool:
+        """Whether the oldest items already fill a batch, by size or by cost."""
+        if self.live >= limits.max_batch_size:
+            return True
+        if limits.max_batch_cost is None:
+            return False
+        if self._prefix is None or self._prefix_limits is not limits:
+            self._prefix = Budget(limits)
+            self._prefix_end = 0
+            self._prefix_full = False
+            self._prefix_limits = limits
+        prefix = self._prefix
+        order = self._order
+        while not self._prefix_full and self._prefix_end < len(order):
+            item = order[self._prefix_end]
+            self._prefix_end += 1
+            if item.state != POOLED:
+                continue
+            if prefix.full_by_size or not prefix.fits(item.cost):
+                self._prefix_full = True
+            else:
+                prefix.add(item.cost)
+        return self._prefix_full
+
+    def take(
+        self, now: float, limits: Limits, draining: bool
+    ) -> tuple[list[Item[Any, Any]], Release] | None:
+        if not self.live:
+            return None
+        full = self._batch_is_full(limits)
+        reason = None if full else self._timer_reason(now, limits, draining)
+        if not full and reason is None:
+            return None
+        order = self._order
+
+        def oldest_first() -> Iterable[Item[Any, Any]]:
+            while order:
+                yield order[0]
+                order.popleft()
+
+        batch, by_cost = self._fill(oldest_first(), now, limits)
+        self._prefix = None
+        if not batch:
+            return None
+        if reason is None:
+            reason = "cost" if by_cost else "size"
+        return batch, reason
+
+
+class PriorityPool(PoolBase):
+    """
+    Lower ``priority`` first, FIFO within a priority, with aging.
+
+    An item's rank is ``priority * aging + arrival``: waiting ``aging`` seconds is worth
+    one priority level, so under sustained high-priority load a low-priority item is
+    overtaken only by items that arrived less than ``(its priority - theirs) * aging``
+    after it, and always progresses. Ranks never change, so a heap orders them.
+    """
+
+    def __init__(self, aging: float) -> None:
+        super().__init__()
+        self._aging = aging
+        self._heap: list[tuple[float, int, Item[Any, Any]]] = []
+
+    def add(self, item: Item[Any, Any]) -> None:
+        self._track(item)
+        rank = item.priority * self._aging + item.arrival
+        heapq.heappush(self._heap, (rank, next(self._seq), item))
+
+    def _on_remove(self, item: Item[Any, Any], withdrawn: bool) -> None:
+        if withdrawn and len(self._heap) > 2 * self.live + 64:
+            self._heap = [e for e in self._heap if e[2].state == POOLED]
+            heapq.heapify(self._heap)
+
+    def _on_clear(self) -> None:
+        self._heap.clear()
+
+    def take(
+        self, now: float, limits: Limits, draining: bool
+    ) -> tuple[list[Item[Any, Any]], Release] | None:
+        if not self.live:
+            return None
+        cost_limit = limits.max_batch_cost
+        full = self.live >= limits.max_batch_size or (
+            cost_limit is not None and self.pending_cost >= cost_limit
+        )
+        reason = None if full else self._timer_reason(now, limits, draining)
+        if not full and reason is None:
+            return None
+        heap = self._heap
+
+        def best_first() -> Iterable[Item[Any, Any]]:
+            while heap:
+                yield heap[0][2]
+                heapq.heappop(heap)
+
+        batch, by_cost = self._fill(best_first(), now, limits)
+        if not batch:
+            return None
+        if reason is None:
+            reason = "cost" if by_cost else "size"
+        return batch, reason

@@ -11,17 +11,24 @@ It waits in exactly one place, under a cancel scope that is its only timer and i
 wake-up call: a deadline when a partial batch will come due, cancellation when a running
 batch frees a slot or the options change. An idle scope waits in ``receive()`` with no
 deadline, and nothing wakes it until an item arrives.
+
+It also keeps :class:`RunTimeModel`, a least-squares fit of batch run time against batch
+load over recent batches: callers' deadlines are judged against it (an item whose caller
+would give up before its batch could finish is never dispatched, and a partial batch
+leaves early when waiting longer would miss a deadline), and ``max_wait="auto"`` waits as
+long as a full batch still meets ``target_latency``.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 from anyio import EndOfStream, WouldBlock
 
-from ._pending import EXPIRED, QUEUED, RUNNING, Item, Pool, Release
+from ._pending import EXPIRED, QUEUED, RUNNING, Item, Limits, Pool, Release
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
@@ -29,10 +36,47 @@ if TYPE_CHECKING:
     from ._executor import Executor
     from ._scope import BatchScope
 
-__all__ = ["Scheduler"]
+__all__ = ["RunTimeModel", "Scheduler"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+
+class RunTimeModel:
+    """
+    Batch run time as ``a + b * load``, fitted by least squares over recent batches.
+
+    *load* is the batch size, or its cost (padded or summed, as the scope counts it) when
+    the scope has a cost function. Until a batch has been timed it predicts ``DEFAULT``.
+    """
+
+    #: Batches the fit looks back over.
+    WINDOW = 64
+    #: The guess before any batch has been timed: a few milliseconds.
+    DEFAULT = 0.002
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, float]] = deque(maxlen=self.WINDOW)
+        self._a = self.DEFAULT
+        self._b = 0.0
+
+    def observe(self, load: float, seconds: float) -> None:
+        """Record one finished batch and refit (O(WINDOW), once per batch)."""
+        samples = self._samples
+        samples.append((load, seconds))
+        n = len(samples)
+        mean_x = sum(x for x, _ in samples) / n
+        mean_y = sum(y for _, y in samples) / n
+        var = sum((x - mean_x) ** 2 for x, _ in samples)
+        slope = 0.0
+        if var > 0:
+            slope = max(0.0, sum((x - mean_x) * (y - mean_y) for x, y in samples) / var)
+        self._b = slope
+        self._a = max(0.0, mean_y - slope * mean_x)
+
+    def predict(self, load: float) -> float:
+        """Expected run time in seconds of a batch of *load*."""
+        return self._a + self._b * load
 
 
 class Scheduler(Generic[In, Out]):
@@ -53,8 +97,34 @@ class Scheduler(Generic[In, Out]):
         self._waiting_for_slot = False
         #: How many times the scheduler has woken up (an idle scope must not).
         self.wakeups = 0
-        #: Items set aside because their caller's deadline passed (see _pending).
-        self._limbo: list[Item[In, Out]] = []
+        #: Items set aside because their caller will give up before a batch could finish
+        #: (see _pending), each with whether its deadline was already seen passed.
+        self._limbo: dict[Item[In, Out], bool] = {}
+        self.model = RunTimeModel()
+
+    def _limits(self) -> Limits:
+        config = self._scope.config
+        pool = self.pool
+        model = self.model
+        mean_cost = pool.pending_cost / pool.live if pool.live else 1.0
+        if config.cost is None:
+            next_load = float(min(pool.live, config.max_batch_size) or 1)
+            full_load = float(config.max_batch_size)
+        else:
+            next_load = min(pool.live, config.max_batch_size) * mean_cost or 1.0
+            full_load = config.max_batch_cost or config.max_batch_size * mean_cost
+        if config.max_wait == "auto":
+            assert config.target_latency is not None
+            wait = max(0.0, config.target_latency - model.predict(full_load))
+        else:
+            wait = config.max_wait
+        return Limits(
+            max_batch_size=config.max_batch_size,
+            wait=wait,
+            max_batch_cost=config.max_batch_cost,
+            padded=config.cost_mode == "padded",
+            runtime=model.predict(next_load),
+        )
 
     def wake(self) -> None:
         """Make the scheduler look again (the options changed)."""
@@ -96,14 +166,14 @@ class Scheduler(Generic[In, Out]):
                     await anyio.sleep_forever()
                 if not draining:
                     draining = self._pull()
-                config = scope.config
-                limit = config.max_concurrent_batches
+                limit = scope.config.max_concurrent_batches
+                limits = self._limits()
                 if pool.live and recorder.in_flight < limit:
                     now = anyio.current_time()
                     while recorder.in_flight < limit:
-                        taken = pool.take(now, config, draining)
+                        taken = pool.take(now, limits, draining)
                         if pool.expired:
-                            limbo.extend(pool.expired)
+                            limbo.update(dict.fromkeys(pool.expired, False))
                             pool.expired.clear()
                         if taken is None:
                             break
@@ -111,12 +181,10 @@ class Scheduler(Generic[In, Out]):
                 if draining and not pool.live and not limbo:
                     return
 
+                # While every slot is busy, a finished batch wakes us: no timer.
+                due = math.inf if recorder.in_flight >= limit else pool.due_at(limits)
                 if limbo:
-                    due = anyio.current_time()  # look again after one tick
-                elif recorder.in_flight >= limit:
-                    due = math.inf  # a finished batch wakes us
-                else:
-                    due = pool.due_at(config)
+                    due = min(due, min(item.deadline for item in limbo))
                 with anyio.CancelScope(deadline=due) as wait_scope:
                     self._wait_scope = wait_scope
                     self._waiting_for_slot = recorder.in_flight >= limit
@@ -138,13 +206,25 @@ class Scheduler(Generic[In, Out]):
                 if limbo:
                     self._revive(limbo)
 
-    def _revive(self, limbo: list[Item[In, Out]]) -> None:
-        """Items set aside whose caller did not leave after all: back to the pool."""
-        for item in limbo:
-            if item.state == EXPIRED:
-                item.deadline = math.inf  # the caller's deadline evidently moved
-                self.pool.add(item)
-        limbo.clear()
+    def _revive(self, limbo: dict[Item[In, Out], bool]) -> None:
+        """
+        Items set aside whose caller did not leave after all go back to the pool.
+
+        A caller is given until its deadline, and then one more scheduler pass for its
+        cancellation to arrive; still waiting after that, its deadline must have moved
+        (or been shielded), so its item runs after all, with no deadline: nobody hangs.
+        """
+        now = anyio.current_time()
+        for item, seen_passed in list(limbo.items()):
+            if item.state != EXPIRED:
+                del limbo[item]  # withdrawn by its caller, as expected
+            elif item.deadline <= now:
+                if seen_passed:
+                    del limbo[item]
+                    item.deadline = math.inf
+                    self.pool.add(item)
+                else:
+                    limbo[item] = True
 
     def _dispatch(
         self,
@@ -164,11 +244,24 @@ class Scheduler(Generic[In, Out]):
         recorder.sizes[size] += 1
         recorder.reasons[reason] += 1
         waits = recorder.queue_waits
+        real = 0.0
+        highest = 0.0
         for item in items:
             item.state = RUNNING
             waits.append(now - item.arrival)
+            cost = item.cost
+            real += cost
+            if cost > highest:
+                highest = cost
+        config = scope.config
+        if config.cost is None:
+            load = float(size)
+        else:
+            load = size * highest if config.cost_mode == "padded" else real
+            recorder.real_cost += real
+            recorder.padded_cost += load
         scope._release_room(size)
-        self._executor.start(task_group, items)
+        self._executor.start(task_group, items, load)
 
     def fail_waiting(self, error: BaseException) -> int:
         """End every item still queued or pooled with *error*; return how many."""

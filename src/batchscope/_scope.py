@@ -12,19 +12,26 @@ normally drains; leaving it with an exception fails everything still waiting wit
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
 import attrs
 from anyio import AsyncContextManagerMixin, WouldBlock
 from anyio.abc import TaskGroup
 
-from ._config import OnFull, ScopeConfig, check_int
-from ._exceptions import NoActiveScopeError, QueueFullError, ScopeClosedError
+from ._bucketing import LengthPool
+from ._config import CostMode, OnFull, Oversize, Policy, ScopeConfig, check_int
+from ._exceptions import (
+    ItemTooLargeError,
+    NoActiveScopeError,
+    QueueFullError,
+    ScopeClosedError,
+)
 from ._executor import BatchFunction, Collator, Executor, check_collator
 from ._map import MapIterator, gather
 from ._pending import (
@@ -36,6 +43,8 @@ from ._pending import (
     WITHDRAWN,
     FifoPool,
     Item,
+    Pool,
+    PriorityPool,
     WaitedItem,
 )
 from ._scheduler import Scheduler
@@ -50,6 +59,11 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 _NEW, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
+
+
+def _check_priority(priority: object) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, numbers.Real):
+        raise TypeError(f"'priority' must be a number, not {type(priority).__name__}")
 
 
 class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
@@ -70,11 +84,27 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         fn: The batch function.
         max_batch_size: Hard cap on items per batch.
         max_wait: Seconds (or a ``timedelta``) the oldest pending item waits at most for
-            companions before a partial batch goes. A full batch goes at once.
+            companions before a partial batch goes. A full batch goes at once. ``"auto"``
+            waits as long as a full batch still finishes within ``target_latency``, by
+            the scope's fitted model of batch run time.
+        target_latency: With ``max_wait="auto"``, the end-to-end latency to aim for.
         max_queue_size: Bound on pending (queued, not yet dispatched) items.
         on_full: ``"wait"``: ``submit`` waits for room in the queue (backpressure);
             ``"reject"``: ``submit`` raises :class:`QueueFullError` at once.
         max_concurrent_batches: Batches running at once.
+        cost: ``item -> number >= 0`` (say ``len``): enables cost budgets and length
+            bucketing. Called once per item, at submit; an error in it fails that item.
+        max_batch_cost: Budget per batch in cost units. A batch exceeds it only when it
+            is a single item.
+        cost_mode: How a batch's cost adds up: ``"padded"`` is ``len(batch) *
+            max(cost)`` (padded GPU batches), ``"sum"`` the plain sum (varlen models,
+            token quotas).
+        oversize: An item whose own cost exceeds ``max_batch_cost``: ``"run_alone"``
+            (a batch of one) or ``"reject"`` (:class:`ItemTooLargeError` to its caller).
+        policy: ``"fifo"``; ``"length"`` (each batch holds items of similar cost; the
+            oldest item anchors the next batch once it has waited ``max_wait``, so none
+            starves); ``"priority"`` (lower ``priority`` first, FIFO within one, aging).
+        aging: With ``policy="priority"``, the wait in seconds worth one priority level.
         collate: A :class:`Collator` that turns the item list into fn's input (say, one
             padded array) and fn's output back into per-item results
             (:mod:`batchscope.arrays` has collators for NumPy, CuPy and PyTorch).
@@ -92,10 +122,17 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         fn: BatchFunction[In, Out],
         *,
         max_batch_size: int = 32,
-        max_wait: float | timedelta = 0.005,
+        max_wait: float | timedelta | Literal["auto"] = 0.005,
+        target_latency: float | timedelta | None = None,
         max_queue_size: int = 10_000,
         on_full: OnFull = "wait",
         max_concurrent_batches: int = 1,
+        cost: Callable[[In], float] | None = None,
+        max_batch_cost: float | None = None,
+        cost_mode: CostMode = "padded",
+        oversize: Oversize = "run_alone",
+        policy: Policy = "fifo",
+        aging: float | timedelta = 0.1,
         collate: None = None,
     ) -> None: ...
 
@@ -105,10 +142,17 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         fn: Callable[[Any], Any],
         *,
         max_batch_size: int = 32,
-        max_wait: float | timedelta = 0.005,
+        max_wait: float | timedelta | Literal["auto"] = 0.005,
+        target_latency: float | timedelta | None = None,
         max_queue_size: int = 10_000,
         on_full: OnFull = "wait",
         max_concurrent_batches: int = 1,
+        cost: Callable[[In], float] | None = None,
+        max_batch_cost: float | None = None,
+        cost_mode: CostMode = "padded",
+        oversize: Oversize = "run_alone",
+        policy: Policy = "fifo",
+        aging: float | timedelta = 0.1,
         collate: Collator[In, Out],
     ) -> None: ...
 
@@ -117,10 +161,17 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         fn: BatchFunction[In, Out] | Callable[[Any], Any],
         *,
         max_batch_size: int = 32,
-        max_wait: float | timedelta = 0.005,
+        max_wait: float | timedelta | Literal["auto"] = 0.005,
+        target_latency: float | timedelta | None = None,
         max_queue_size: int = 10_000,
         on_full: OnFull = "wait",
         max_concurrent_batches: int = 1,
+        cost: Callable[[In], float] | None = None,
+        max_batch_cost: float | None = None,
+        cost_mode: CostMode = "padded",
+        oversize: Oversize = "run_alone",
+        policy: Policy = "fifo",
+        aging: float | timedelta = 0.1,
         collate: Collator[In, Out] | None = None,
     ) -> None:
         if not callable(fn):
@@ -132,9 +183,16 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         self._config = ScopeConfig(
             max_batch_size=max_batch_size,
             max_wait=max_wait,
+            target_latency=target_latency,
             max_queue_size=max_queue_size,
             on_full=on_full,
             max_concurrent_batches=max_concurrent_batches,
+            cost=cost,
+            max_batch_cost=max_batch_cost,
+            cost_mode=cost_mode,
+            oversize=oversize,
+            policy=policy,
+            aging=aging,
         )
         self._state = _NEW
         self._recorder = Recorder()
@@ -166,7 +224,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         self._send = send
         self._room = anyio.Semaphore(self._config.max_queue_size)
         self._executor = Executor(self, self._fn, self._collate)
-        self._scheduler = Scheduler(self, receive, FifoPool(), self._executor)
+        self._scheduler = Scheduler(self, receive, self._new_pool(), self._executor)
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
@@ -189,6 +247,14 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         finally:
             self._state = _CLOSED
             send.close()
+
+    def _new_pool(self) -> Pool:
+        policy = self._config.policy
+        if policy == "length":
+            return LengthPool()
+        if policy == "priority":
+            return PriorityPool(self._config.aging)
+        return FifoPool()
 
     async def _schedule(self, task_group: TaskGroup) -> None:
         try:
@@ -258,12 +324,41 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             )
         return self._closed_error()
 
-    async def _admit(self) -> None:
-        """Count a submit and take room for its item in the queue."""
+    def _cost_of(self, value: In) -> float:
+        """The item's cost (1.0 without a cost function), checked; raises for this item."""
+        config = self._config
+        cost_fn = config.cost
+        if cost_fn is None:
+            return 1.0
+        try:
+            cost: object = cost_fn(value)
+        except Exception as exc:
+            raise ValueError(
+                f"the 'cost' function raised {type(exc).__name__} for this item: {exc}"
+            ) from exc
+        if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
+            raise TypeError(f"the 'cost' function must return a number, got {type(cost).__name__}")
+        cost = float(cost)
+        if not math.isfinite(cost) or cost < 0:
+            raise ValueError(f"the 'cost' function must return a finite number >= 0, got {cost}")
+        limit = config.max_batch_cost
+        if limit is not None and cost > limit and config.oversize == "reject":
+            raise ItemTooLargeError(
+                f"this item costs {cost:g}, more than max_batch_cost={limit:g} (oversize='reject')"
+            )
+        return cost
+
+    async def _admit(self, value: In) -> float:
+        """Count a submit, price its item, take room for it in the queue; return the cost."""
         if self._state is not _OPEN:
             raise self._closed_now()
         recorder = self._recorder
         recorder.submitted += 1
+        try:
+            cost = self._cost_of(value)
+        except Exception:
+            recorder.rejected += 1
+            raise
         try:
             self._room.acquire_nowait()
         except WouldBlock:
@@ -282,6 +377,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 self._room.release()  # pass the wake-up on to the next waiter
                 recorder.rejected += 1
                 raise self._closed_now() from None
+        return cost
 
     def _queue(self, item: Item[In, Out]) -> None:
         self._recorder.pending += 1
@@ -320,7 +416,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         Args:
             item: The item to pass to the batch function.
-            priority: Stored with the item for priority policies; ignored by FIFO.
+            priority: With ``policy="priority"``, lower goes first (ignored otherwise).
 
         Returns:
             The result the batch function returned for this item.
@@ -329,6 +425,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             ScopeClosedError: The scope is closed or closing, or failed while the item
                 waited (then ``__cause__`` says why).
             QueueFullError: The queue is full and ``on_full="reject"``.
+            ItemTooLargeError: The item's cost exceeds ``max_batch_cost`` and
+                ``oversize="reject"``.
+            ValueError, TypeError: The ``cost`` function failed for this item, or
+                returned something that is not a number >= 0 (the message says which).
             NoActiveScopeError: The scope has not been opened.
             BatchSizeMismatchError: fn returned the wrong number of results.
             Exception: Whatever fn raised for this item's batch, or returned at its
@@ -343,9 +443,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         .. versionadded:: 0.1.0
         """
-        await self._admit()
+        _check_priority(priority)
+        cost = await self._admit(item)
         waited = WaitedItem[In, Out](
-            item, priority, anyio.current_time(), anyio.current_effective_deadline()
+            item, priority, cost, anyio.current_time(), anyio.current_effective_deadline()
         )
         self._queue(waited)
         try:
@@ -441,7 +542,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         self,
         *,
         max_batch_size: int | None = None,
-        max_wait: float | timedelta | None = None,
+        max_wait: float | timedelta | Literal["auto"] | None = None,
+        target_latency: float | timedelta | None = None,
         max_concurrent_batches: int | None = None,
     ) -> None:
         """
@@ -449,7 +551,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         Args:
             max_batch_size: New hard cap on items per batch.
-            max_wait: New wait for companions.
+            max_wait: New wait for companions (or ``"auto"``).
+            target_latency: New latency target for ``max_wait="auto"``.
             max_concurrent_batches: New number of batches that may run at once.
 
         Raises:
@@ -462,6 +565,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             changes["max_batch_size"] = max_batch_size
         if max_wait is not None:
             changes["max_wait"] = max_wait
+            if max_wait != "auto":
+                changes["target_latency"] = None
+        if target_latency is not None:
+            changes["target_latency"] = target_latency
         if max_concurrent_batches is not None:
             changes["max_concurrent_batches"] = max_concurrent_batches
         self._config = attrs.evolve(self._config, **changes)

@@ -1,0 +1,194 @@
+"""The pools as pure logic: budgets, bucketing, aging, priorities (Hypothesis)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchscope._bucketing import LengthPool, bucket_of
+from batchscope._pending import (
+    POOLED,
+    RUNNING,
+    WITHDRAWN,
+    CallbackItem,
+    FifoPool,
+    Item,
+    Limits,
+    Pool,
+    PriorityPool,
+)
+
+
+def make_item(
+    value: int, cost: float, arrival: float, priority: float = 0
+) -> CallbackItem[Any, Any]:
+    return CallbackItem(value, priority, cost, arrival, math.inf, value, lambda item: None)
+
+
+def limits(
+    size: int, budget: float | None = None, padded: bool = True, wait: float = 1.0
+) -> Limits:
+    return Limits(max_batch_size=size, wait=wait, max_batch_cost=budget, padded=padded, runtime=0.0)
+
+
+def batch_cost(costs: list[float], padded: bool) -> float:
+    return len(costs) * max(costs) if padded else sum(costs)
+
+
+POOLS: dict[str, Callable[[], Pool]] = {
+    "fifo": FifoPool,
+    "length": LengthPool,
+    "priority": lambda: PriorityPool(aging=0.1),
+}
+
+item_specs = st.lists(
+    st.tuples(st.integers(0, 600), st.floats(0, 5), st.integers(0, 3), st.booleans()),
+    min_size=1,
+    max_size=80,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    policy=st.sampled_from(sorted(POOLS)),
+    specs=item_specs,
+    size=st.integers(1, 16),
+    budget=st.one_of(st.none(), st.integers(1, 2000)),
+    padded=st.booleans(),
+)
+def test_every_item_in_exactly_one_batch_and_budgets_hold(
+    policy: str,
+    specs: list[tuple[int, float, int, bool]],
+    size: int,
+    budget: int | None,
+    padded: bool,
+) -> None:
+    """Draining any pool puts each live item in exactly one batch within size and budget."""
+    pool = POOLS[policy]()
+    items = [make_item(i, cost, arrival, prio) for i, (cost, arrival, prio, _) in enumerate(specs)]
+    for item in sorted(items, key=lambda i: i.arrival):
+        item.state = 0
+        pool.add(item)
+    withdrawn = set()
+    for item, (_, _, _, withdraw) in zip(items, specs, strict=True):
+        if withdraw:
+            item.state = WITHDRAWN
+            pool.discard(item)
+            withdrawn.add(item.index)
+    taken: list[int] = []
+    rounds = 0
+    while pool.live:
+        rounds += 1
+        assert rounds <= len(items), "the pool does not make progress (livelock)"
+        result = pool.take(10.0, limits(size, budget, padded), draining=True)
+        assert result is not None
+        batch, reason = result
+        assert reason == "drain" or reason in ("size", "cost")
+        assert 1 <= len(batch) <= size
+        if budget is not None and len(batch) > 1:
+            assert batch_cost([i.cost for i in batch], padded) <= budget
+        for taken_item in batch:
+            taken_item.state = RUNNING
+        taken += [taken_item.value for taken_item in batch]
+    assert sorted(taken) == sorted(set(range(len(items))) - withdrawn)
+    assert pool.take(10.0, limits(size, budget, padded), draining=True) is None
+
+
+@pytest.mark.parametrize("policy", sorted(POOLS))
+def test_oversize_item_runs_alone(policy: str) -> None:
+    """An item over budget on its own goes as a batch of one, never stuck (no livelock)."""
+    pool = POOLS[policy]()
+    for i, cost in enumerate([5, 500, 5]):
+        pool.add(make_item(i, cost, arrival=float(i)))
+    sizes = []
+    while pool.live:
+        result = pool.take(10.0, limits(8, budget=100), draining=True)
+        assert result is not None
+        sizes.append(sorted(item.cost for item in result[0]))
+        for item in result[0]:
+            item.state = RUNNING
+    assert [500.0] in sizes
+
+
+def test_fifo_full_by_cost_is_due_at_once() -> None:
+    """FIFO: once the oldest items fill the cost budget, a batch is due without a timer."""
+    pool = FifoPool()
+    lim = limits(32, budget=1000, padded=True)
+    pool.add(make_item(0, 400, 0.0))
+    pool.add(make_item(1, 400, 0.0))
+    assert pool.take(0.0, lim, draining=False) is None  # 2 * 400 = 800: room for more
+    pool.add(make_item(2, 400, 0.0))  # 3 * 400 = 1200 > 1000: the first two are a batch
+    result = pool.take(0.0, lim, draining=False)
+    assert result is not None
+    assert [i.value for i in result[0]] == [0, 1] and result[1] == "cost"
+
+
+def test_length_batches_hold_similar_costs() -> None:
+    """policy='length': with a full batch's worth pending, the batch comes from one bucket."""
+    pool = LengthPool()
+    for i in range(64):
+        pool.add(make_item(i, cost=10 if i % 2 else 300, arrival=i * 0.001))
+    result = pool.take(0.0, limits(32, wait=1.0), draining=False)
+    assert result is not None
+    batch, reason = result
+    assert reason == "size"
+    assert len({bucket_of(item.cost) for item in batch}) == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(costs=st.lists(st.integers(1, 512), min_size=2, max_size=200), size=st.integers(2, 32))
+def test_length_overdue_oldest_item_is_in_the_next_batch(costs: list[int], size: int) -> None:
+    """Aging: once the oldest item has waited max_wait, the next batch includes it."""
+    pool = LengthPool()
+    items: list[Item[Any, Any]] = [
+        make_item(i, cost, arrival=i * 0.001) for i, cost in enumerate(costs)
+    ]
+    for item in items:
+        pool.add(item)
+    now = 0.0
+    while pool.live:
+        now += 0.5
+        oldest = pool.oldest()
+        assert oldest is not None
+        result = pool.take(now, limits(size, wait=0.25), draining=False)
+        assert result is not None
+        assert oldest in result[0]
+        for item in result[0]:
+            item.state = RUNNING
+
+
+def test_priority_lower_first_fifo_within_aging_across() -> None:
+    """policy='priority': lower priority value first, FIFO within one, aging lets old ones up."""
+    pool = PriorityPool(aging=0.1)
+    pool.add(make_item(0, 1, arrival=0.00, priority=1))  # rank 0.10
+    pool.add(make_item(1, 1, arrival=0.01, priority=0))  # rank 0.01
+    pool.add(make_item(2, 1, arrival=0.02, priority=0))  # rank 0.02
+    pool.add(make_item(3, 1, arrival=0.20, priority=0))  # rank 0.20: after the aged item 0
+    order = []
+    while pool.live:
+        result = pool.take(1.0, limits(1), draining=True)
+        assert result is not None
+        order += [i.value for i in result[0]]
+        for item in result[0]:
+            item.state = RUNNING
+    assert order == [1, 2, 0, 3]
+
+
+def test_withdrawn_items_are_compacted() -> None:
+    """Many withdrawals do not keep dead entries around (memory follows live items)."""
+    pool = LengthPool()
+    items = [make_item(i, 7, arrival=float(i)) for i in range(1000)]
+    for item in items:
+        pool.add(item)
+    for item in items[:-10]:
+        item.state = WITHDRAWN
+        pool.discard(item)
+    assert pool.live == 10
+    assert len(pool._order) < 200
+    assert sum(len(b) for b in pool._buckets.values()) < 200
+    assert all(i.state == POOLED for i in items[-10:])
