@@ -16,7 +16,7 @@ nox.needs_version = ">=2024.3.2"
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.sessions = ["tests", "lint", "typing", "docs", "examples"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHONS = nox.project.python_versions(PYPROJECT)
@@ -56,8 +56,8 @@ _expose_pyenv_interpreters()
 DEPENDENCY_SETS = {
     # The core alone: asyncio only (the tests' trio parameters skip themselves).
     "minimal": ["-e", ".[test]"],
-    # Everything optional that the tests exercise: trio and uvloop.
-    "full": ["-e", ".[test,trio,uvloop]"],
+    # Everything optional that the tests exercise: trio, uvloop, the array collators.
+    "full": ["-e", ".[test,trio,uvloop,numpy]", "array-api-strict>=2.0"],
 }
 
 
@@ -83,3 +83,47 @@ def typing(session: nox.Session) -> None:
     session.install("-e", ".[test,trio,typing]")
     session.run("mypy")
     session.run("pyright")
+
+
+@nox.session(python=PYTHONS[-1])
+def docs(session: nox.Session) -> None:
+    """Build the documentation offline; any warning is an error."""
+    session.install("-e", ".[docs]")
+    session.run(
+        "python",
+        "-m",
+        "sphinx",
+        "-W",
+        "--keep-going",
+        "-b",
+        "html",
+        "docs",
+        "docs/_build/html",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHONS[-1])
+def examples(session: nox.Session) -> None:
+    """Run every example for real (HTTP on loopback), under asyncio, uvloop and Trio."""
+    session.install("-e", ".[test,trio,uvloop,examples]")
+    session.run("pytest", "tests/test_examples.py", *session.posargs)
+
+
+@nox.session(python=PYTHONS[-1], venv_backend="virtualenv", venv_params=["--system-site-packages"])
+def gpu(session: nox.Session) -> None:
+    """Opt-in: CuPy pipeline tests and benchmark; needs a CUDA GPU and a preinstalled CuPy."""
+    if shutil.which("nvidia-smi") is None:
+        session.skip("no NVIDIA GPU on this machine")
+    # The lent GPU machines ship cupy-cuda13x and reach no index: reuse the system site.
+    session.install("--no-deps", "-e", ".")
+    session.run("python", "-c", "import cupy; assert cupy.is_available(), 'no CUDA device'")
+    session.run(
+        "pytest",
+        "tests/test_arrays_cupy.py",
+        "tests/test_arrays_cupy_fake.py",
+        "-v",
+        *session.posargs,
+    )
+    session.run("python", "examples/gpu_pipeline.py", "--strict")
+    session.run("python", "examples/gpu_pipeline.py", "--strict", "--backend", "trio")

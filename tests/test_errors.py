@@ -145,3 +145,24 @@ async def test_async_callable_object_runs_as_a_task() -> None:
 
     async with bs.BatchScope(Model()) as scope:
         assert await scope.submit(1) == 1
+
+
+async def test_batch_timeout_abandons_a_sync_thread() -> None:
+    """A sync fn past batch_timeout is abandoned: callers get TimeoutError at once."""
+    release = threading.Event()
+    finished = threading.Event()
+    late: list[list[int]] = []
+
+    def stuck(items: list[int]) -> list[int]:
+        release.wait(10)
+        late.append(items)
+        finished.set()
+        return items
+
+    async with bs.BatchScope(stuck, batch_timeout=0.05, max_wait=0) as scope:
+        with pytest.raises(TimeoutError):
+            await scope.submit(1)
+        assert scope.statistics().failed == 1
+    release.set()
+    assert await anyio.to_thread.run_sync(finished.wait, 5)
+    assert late == [[1]]  # the thread finished later; its result went nowhere

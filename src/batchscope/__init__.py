@@ -7,6 +7,8 @@ into batches, calls one batch function per batch, and hands every caller its own
 
 from __future__ import annotations
 
+from ._cache import MISSING as MISSING
+from ._cache import AsyncCache as AsyncCache
 from ._config import ScopeConfig as ScopeConfig
 from ._exceptions import BatchScopeError as BatchScopeError
 from ._exceptions import BatchSizeMismatchError as BatchSizeMismatchError
@@ -17,15 +19,21 @@ from ._exceptions import QueueFullError as QueueFullError
 from ._exceptions import ScopeClosedError as ScopeClosedError
 from ._executor import Collator as Collator
 from ._map import MapIterator as MapIterator
+from ._resilience import CircuitBreaker as CircuitBreaker
+from ._resilience import RateLimit as RateLimit
+from ._resilience import Retry as Retry
 from ._scope import BatchScope as BatchScope
 from ._statistics import BatchStatistics as BatchStatistics
 from ._statistics import Percentiles as Percentiles
 
 __all__ = [
+    "MISSING",
+    "AsyncCache",
     "BatchScope",
     "BatchScopeError",
     "BatchSizeMismatchError",
     "BatchStatistics",
+    "CircuitBreaker",
     "CircuitOpenError",
     "Collator",
     "ItemTooLargeError",
@@ -33,6 +41,8 @@ __all__ = [
     "NoActiveScopeError",
     "Percentiles",
     "QueueFullError",
+    "RateLimit",
+    "Retry",
     "ScopeClosedError",
     "ScopeConfig",
 ]
@@ -40,11 +50,16 @@ __all__ = [
 __version__ = "0.1.0"
 
 
+from ._cache import Missing as _Missing
+
+
 def _fix_module_names() -> None:
     # Tracebacks and reprs say batchscope.ScopeClosedError, not the private module
     # (trio's fixup_module_metadata, anyio's fix_package_names).
     for name in __all__:
         obj = globals()[name]
+        if isinstance(obj, _Missing):
+            obj = _Missing  # the sentinel's class says batchscope too
         if getattr(obj, "__module__", "").startswith("batchscope."):
             obj.__module__ = __name__
 

@@ -8,11 +8,14 @@ the scope is constructed (or reconfigured), never later inside the scheduler.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from datetime import timedelta
 from typing import Any, Literal
 
 import attrs
+
+from ._durations import check_int, to_seconds, type_name
+from ._resilience import CircuitBreaker, RateLimit, Retry
 
 __all__ = [
     "CostMode",
@@ -28,40 +31,6 @@ OnFull = Literal["wait", "reject"]
 CostMode = Literal["padded", "sum"]
 Oversize = Literal["run_alone", "reject"]
 Policy = Literal["fifo", "length", "priority"]
-
-
-def _type_name(value: object) -> str:
-    return type(value).__name__
-
-
-def check_int(name: str, value: object, *, minimum: int) -> None:
-    """Raise TypeError unless *value* is an int (not a bool), ValueError if below *minimum*."""
-    # bool is an int subclass, but max_batch_size=True is always a mistake.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name!r} must be an int, not {_type_name(value)}")
-    if value < minimum:
-        raise ValueError(f"{name!r} must be >= {minimum}, got {value!r}")
-
-
-def to_seconds(name: str, value: object) -> float:
-    """
-    Turn a duration (seconds as int/float, or a ``timedelta``) into float seconds.
-
-    Raises:
-        TypeError: *value* is not a number or a timedelta.
-        ValueError: *value* is negative or not finite.
-    """
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise TypeError(
-            f"{name!r} must be a number of seconds or a timedelta, not {_type_name(value)}"
-        )
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{name!r} must be a finite duration >= 0, got {value!r}")
-    return seconds
 
 
 def _positive_int(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -96,6 +65,23 @@ def _aging(value: float | timedelta) -> float:
     return seconds
 
 
+def _batch_timeout(value: float | timedelta | None) -> float | None:
+    return _optional_seconds("batch_timeout")(value)
+
+
+def _bool(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{attribute.name!r} must be True or False, not {type_name(value)}")
+
+
+def _instance_of(kind: type, shown: str) -> Callable[[Any, attrs.Attribute[Any], object], None]:
+    def validate(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"{attribute.name!r} must be a {shown}(...), not {type_name(value)}")
+
+    return validate
+
+
 def _choice(*allowed: str) -> Callable[[Any, attrs.Attribute[Any], object], None]:
     def validate(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
         if value not in allowed:
@@ -107,14 +93,14 @@ def _choice(*allowed: str) -> Callable[[Any, attrs.Attribute[Any], object], None
 
 def _optional_callable(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not callable(value):
-        raise TypeError(f"{attribute.name!r} must be callable, not {_type_name(value)}")
+        raise TypeError(f"{attribute.name!r} must be callable, not {type_name(value)}")
 
 
 def _optional_positive_number(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name!r} must be a number, not {_type_name(value)}")
+        raise TypeError(f"{attribute.name!r} must be a number, not {type_name(value)}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{attribute.name!r} must be a finite number > 0, got {value!r}")
 
@@ -144,6 +130,17 @@ class ScopeConfig:
     oversize: Oversize = attrs.field(default="run_alone", validator=_choice("run_alone", "reject"))
     policy: Policy = attrs.field(default="fifo", validator=_choice("fifo", "length", "priority"))
     aging: float = attrs.field(default=0.1, converter=_aging)
+    batch_timeout: float | None = attrs.field(default=None, converter=_batch_timeout)
+    isolate_failures: bool = attrs.field(default=False, validator=_bool)
+    retry: Retry | None = attrs.field(default=None, validator=_instance_of(Retry, "bs.Retry"))
+    circuit_breaker: CircuitBreaker | None = attrs.field(
+        default=None, validator=_instance_of(CircuitBreaker, "bs.CircuitBreaker")
+    )
+    rate_limit: RateLimit | None = attrs.field(
+        default=None, validator=_instance_of(RateLimit, "bs.RateLimit")
+    )
+    cache: object = attrs.field(default=None)
+    key: Callable[[Any], Hashable] | None = attrs.field(default=None, validator=_optional_callable)
 
     def __attrs_post_init__(self) -> None:
         # Options that only make sense together.

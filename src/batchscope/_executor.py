@@ -6,6 +6,11 @@ event loop) through ``anyio.to_thread.run_sync`` with the scope's own capacity l
 Results are split back per item; an ``Exception`` instance at position *i* fails item *i*
 alone; an exception raised by fn fails every item of that batch and nothing else.
 
+Around each call: the circuit breaker (fail fast while open), the rate limits, and
+``batch_timeout``; around the calls of one batch: retries with backoff (only the failed
+items when fn returned per-item exceptions) and, when fn keeps raising, isolation by
+bisection (``isolate_failures``).
+
 A batch whose callers have all left is cancelled when fn is async. A sync fn cannot be
 interrupted (no Python thread can): when its batch is cancelled the thread is abandoned
 and its late result discarded.
@@ -20,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 import anyio
 import anyio.to_thread
 
-from ._exceptions import BatchSizeMismatchError
+from ._exceptions import BatchSizeMismatchError, CircuitOpenError
 from ._pending import RUNNING, Item
 
 if TYPE_CHECKING:
@@ -169,7 +174,6 @@ class Executor(Generic[In, Out]):
         recorder = scope._recorder
         items = batch.items
         started = anyio.current_time()
-        results: Any = None
         try:
             with anyio.CancelScope() as cancel_scope:
                 batch.cancel_scope = cancel_scope
@@ -177,9 +181,7 @@ class Executor(Generic[In, Out]):
                     # Every caller left between dispatch and this task starting.
                     cancel_scope.cancel()
                     return
-                results = await self._call([item.value for item in items])
-        except Exception as exc:
-            self.fail_all(items, exc)
+                await self._execute(batch)
         except BaseException as exc:
             # The scope's task group is being cancelled, or fn raised a BaseException
             # (KeyboardInterrupt, SystemExit...): nobody may hang, so fail the items with
@@ -187,10 +189,6 @@ class Executor(Generic[In, Out]):
             scope._note_crash(exc)
             self.fail_all(items, scope._closed_error())
             raise
-        else:
-            if not cancel_scope.cancel_called:
-                scope._scheduler.model.observe(batch.load, anyio.current_time() - started)
-                self._route(items, results)
         finally:
             self.running.discard(batch)
             ended = anyio.current_time()
@@ -201,8 +199,112 @@ class Executor(Generic[In, Out]):
             for item in items:
                 latencies.append(ended - item.arrival)
             scope._scheduler.slot_freed()
+        if scope._keyed:
+            await scope._settle(items)
 
-    def _route(self, items: list[Item[In, Out]], results: Any) -> None:
+    async def _execute(self, batch: Batch[In, Out]) -> None:
+        """End every item of *batch*: through the breaker, retries and isolation."""
+        breaker = self._scope._breaker
+        if breaker is not None and not breaker.allow_batch():
+            self.fail_all(
+                batch.items,
+                CircuitOpenError("the circuit breaker is open: recent batches failed"),
+            )
+            return
+        failed = True
+        try:
+            failed = await self._attempts(batch)
+        finally:
+            if breaker is not None:
+                breaker.record(failed)
+
+    async def _attempts(self, batch: Batch[In, Out]) -> bool:
+        """Call fn, retrying per the Retry policy; True when the batch's last call raised."""
+        config = self._scope.config
+        retry = config.retry
+        attempts = retry.attempts if retry is not None else 1
+        first_call = anyio.current_time()
+        items = batch.items
+        for attempt in range(1, attempts + 1):
+            live = [item for item in items if item.state == RUNNING]
+            if not live:
+                return False
+            retrying = retry is not None and attempt < attempts
+            if retrying and retry is not None and retry.timeout is not None:
+                retrying = anyio.current_time() - first_call < retry.timeout
+            try:
+                results = await self._call_limited(live, batch if attempt == 1 else None)
+            except Exception as exc:
+                if retrying and retry is not None and isinstance(exc, retry.on):
+                    self._scope._recorder.retries += 1
+                    await anyio.sleep(retry.wait(attempt))
+                    continue
+                if config.isolate_failures and len(live) > 1:
+                    await self._isolate(live, exc)
+                else:
+                    self.fail_all(live, exc)
+                return True
+            again = self._route(live, results, retry.on if retrying and retry else None)
+            if not again:
+                return False
+            assert retry is not None
+            self._scope._recorder.retries += 1
+            items = again
+            await anyio.sleep(retry.wait(attempt))
+        return False
+
+    async def _isolate(self, items: list[Item[In, Out]], error: Exception) -> None:
+        """
+        Find the items that make fn raise by splitting the batch in halves, recursively.
+
+        Items that succeed in a half get their results; an item that fails alone gets its
+        own exception. k bad items in a batch of n cost O(k log n) extra calls.
+        """
+        if len(items) == 1:
+            self.fail_all(items, error)
+            return
+        middle = len(items) // 2
+        for half in (items[:middle], items[middle:]):
+            live = [item for item in half if item.state == RUNNING]
+            if not live:
+                continue
+            self._scope._recorder.isolation_calls += 1
+            try:
+                results = await self._call_limited(live, None)
+            except Exception as exc:
+                await self._isolate(live, exc)
+            else:
+                self._route(live, results, None)
+
+    async def _call_limited(self, items: list[Item[In, Out]], timed: Batch[In, Out] | None) -> Any:
+        """One call of fn on *items*: rate limits, then ``batch_timeout``; times *timed*."""
+        scope = self._scope
+        if scope._batch_bucket is not None:
+            await scope._batch_bucket.take(1)
+        if scope._cost_bucket is not None:
+            await scope._cost_bucket.take(sum(item.cost for item in items))
+        values = [item.value for item in items]
+        timeout = scope.config.batch_timeout
+        started = anyio.current_time()
+        if timeout is None:
+            results = await self._call(values)
+        else:
+            with anyio.fail_after(timeout):
+                results = await self._call(values)
+        if timed is not None:
+            scope._scheduler.model.observe(timed.load, anyio.current_time() - started)
+        return results
+
+    def _route(
+        self,
+        items: list[Item[In, Out]],
+        results: Any,
+        retry_on: type[Exception] | tuple[type[Exception], ...] | None,
+    ) -> list[Item[In, Out]]:
+        """
+        End each item with its result (or its exception result); return the items whose
+        exception result is one of *retry_on*, left running for another attempt.
+        """
         try:
             count = len(results)
         except TypeError:
@@ -216,7 +318,7 @@ class Executor(Generic[In, Out]):
                         f"got {type(results).__name__}"
                     ),
                 )
-                return
+                return []
             count = len(results)
         if count != len(items):
             self.fail_all(
@@ -225,28 +327,33 @@ class Executor(Generic[In, Out]):
                     f"the batch function returned {count} results for a batch of {len(items)} items"
                 ),
             )
-            return
+            return []
         recorder = self._scope._recorder
         completed = failed = 0
+        again: list[Item[In, Out]] = []
         for item, result in zip(items, results, strict=True):
             if item.state != RUNNING:
                 continue  # its caller left; the result is dropped
             if isinstance(result, Exception):
+                if retry_on is not None and isinstance(result, retry_on):
+                    again.append(item)
+                    continue
                 item.fail(result)
-                failed += 1
+                failed += item.waiters
             else:
                 item.succeed(result)
-                completed += 1
+                completed += item.waiters
         recorder.completed += completed
         recorder.failed += failed
         recorder.running -= completed + failed
+        return again
 
     def fail_all(self, items: list[Item[In, Out]], error: BaseException) -> None:
         failed = 0
         for item in items:
             if item.state == RUNNING:
                 item.fail(error)
-                failed += 1
+                failed += item.waiters
         recorder = self._scope._recorder
         recorder.failed += failed
         recorder.running -= failed

@@ -18,6 +18,7 @@ import anyio
 import anyio.lowlevel
 from anyio import WouldBlock
 
+from ._cache import MISSING
 from ._exceptions import BatchScopeError, ScopeClosedError
 from ._pending import CallbackItem
 
@@ -55,6 +56,15 @@ async def gather(
         deadline = anyio.current_effective_deadline()
         for index, value in enumerate(values):
             try:
+                key = None
+                if scope._keyed:
+                    key, hit = await scope._lookup(value)
+                    if hit is not MISSING:
+                        scope._recorder.submitted += 1
+                        scope._recorder.completed += 1
+                        outcomes[index] = hit
+                        remaining -= 1
+                        continue
                 cost = await scope._admit(value)
             except (BatchScopeError, ValueError, TypeError) as exc:
                 # Refused (queue full, scope closed, too large, bad cost): this item only.
@@ -66,6 +76,7 @@ async def gather(
             item = CallbackItem[In, Out](
                 value, 0, cost, anyio.current_time(), deadline, index, on_done
             )
+            item.key = key
             scope._queue(item)
             queued.append(item)
         if remaining:
@@ -152,7 +163,17 @@ class MapIterator(Generic[In, Out]):
         except WouldBlock:
             await window.acquire()
         scope = self._scope
+        key = None
         try:
+            if scope._keyed:
+                key, hit = await scope._lookup(value)
+                if hit is not MISSING:
+                    scope._recorder.submitted += 1
+                    scope._recorder.completed += 1
+                    item = CallbackItem[In, Out](value, 0, 0.0, 0.0, deadline, index, self._on_done)
+                    self._outstanding[index] = item
+                    item.succeed(hit)
+                    return True
             cost = await scope._admit(value)
         except (BatchScopeError, ValueError, TypeError) as exc:
             # Refused (queue full, scope closed, too large, bad cost): reported in its turn.
@@ -166,6 +187,7 @@ class MapIterator(Generic[In, Out]):
         item = CallbackItem[In, Out](
             value, 0, cost, anyio.current_time(), deadline, index, self._on_done
         )
+        item.key = key
         self._outstanding[index] = item
         scope._queue(item)
         return True

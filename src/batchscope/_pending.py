@@ -89,10 +89,12 @@ class Item(ABC, Generic[In, Out]):
         "deadline",
         "error",
         "error_tb",
+        "key",
         "priority",
         "result",
         "state",
         "value",
+        "waiters",
     )
 
     def __init__(
@@ -112,6 +114,10 @@ class Item(ABC, Generic[In, Out]):
         self.error_tb: TracebackType | None = None
         #: The running batch holding this item (set at dispatch), for cancellation.
         self.batch: Any = None
+        #: The cache / deduplication key (None when the scope has neither).
+        self.key: Any = None
+        #: Callers waiting for this item: 1, plus those deduplicated onto it.
+        self.waiters = 1
 
     def succeed(self, result: Out) -> None:
         """End the item with *result* (the caller checked that it was still live)."""

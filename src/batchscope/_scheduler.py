@@ -167,6 +167,8 @@ class Scheduler(Generic[In, Out]):
                 if not draining:
                     draining = self._pull()
                 limit = scope.config.max_concurrent_batches
+                if scope._breaker is not None and scope._breaker.half_open:
+                    limit = 1  # one trial batch at a time
                 limits = self._limits()
                 if pool.live and recorder.in_flight < limit:
                     now = anyio.current_time()
@@ -236,8 +238,9 @@ class Scheduler(Generic[In, Out]):
         scope = self._scope
         recorder = scope._recorder
         size = len(items)
-        recorder.pending -= size
-        recorder.running += size
+        callers = size if not scope._keyed else sum(item.waiters for item in items)
+        recorder.pending -= callers
+        recorder.running += callers
         recorder.in_flight += 1
         recorder.batches += 1
         recorder.batched_items += size
@@ -278,5 +281,5 @@ class Scheduler(Generic[In, Out]):
                 items.append(item)
         for item in items:
             item.fail(error)
-            failed += 1
+            failed += item.waiters
         return failed

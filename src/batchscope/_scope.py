@@ -11,22 +11,33 @@ normally drains; leaving it with an exception fails everything still waiting wit
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import sys
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Callable,
+    Hashable,
+    Iterable,
+    MutableMapping,
+)
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 import anyio
+import anyio.lowlevel
 import attrs
 from anyio import AsyncContextManagerMixin, WouldBlock
 from anyio.abc import TaskGroup
 
 from ._bucketing import LengthPool
+from ._cache import MISSING, AsyncCache, CacheAdapter
 from ._config import CostMode, OnFull, Oversize, Policy, ScopeConfig, check_int
 from ._exceptions import (
+    CircuitOpenError,
     ItemTooLargeError,
     NoActiveScopeError,
     QueueFullError,
@@ -36,6 +47,7 @@ from ._executor import BatchFunction, Collator, Executor, check_collator
 from ._map import MapIterator, gather
 from ._pending import (
     ABANDONED,
+    DONE,
     EXPIRED,
     POOLED,
     QUEUED,
@@ -47,6 +59,7 @@ from ._pending import (
     PriorityPool,
     WaitedItem,
 )
+from ._resilience import BreakerState, CircuitBreaker, RateLimit, Retry, TokenBucket
 from ._scheduler import Scheduler
 from ._statistics import BatchStatistics, Recorder
 
@@ -54,6 +67,8 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["BatchScope"]
+
+logger = logging.getLogger("batchscope")
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -105,6 +120,20 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             oldest item anchors the next batch once it has waited ``max_wait``, so none
             starves); ``"priority"`` (lower ``priority`` first, FIFO within one, aging).
         aging: With ``policy="priority"``, the wait in seconds worth one priority level.
+        batch_timeout: Seconds a call of fn may take; a batch running longer is cancelled
+            (async fn) or abandoned (sync fn: its thread runs on, its late result is
+            discarded) and its items fail with ``TimeoutError``.
+        isolate_failures: When fn raises, split the batch in halves and rerun them to find
+            the failing items, so the others still get their results.
+        retry: A :class:`Retry` policy for transient failures.
+        circuit_breaker: A :class:`CircuitBreaker`; while open, submits fail fast with
+            :class:`CircuitOpenError`.
+        rate_limit: A :class:`RateLimit` on calls per second and cost per minute.
+        cache: A ``MutableMapping`` (``cachetools.LRUCache``, ``TTLCache``...) or an
+            :class:`AsyncCache`; hits skip the queue, failures are never cached.
+        key: ``item -> hashable`` for the cache (the item itself without it); giving it
+            also turns on in-flight deduplication: identical keys pending or running are
+            computed once for every caller (``submit`` only).
         collate: A :class:`Collator` that turns the item list into fn's input (say, one
             padded array) and fn's output back into per-item results
             (:mod:`batchscope.arrays` has collators for NumPy, CuPy and PyTorch).
@@ -133,6 +162,13 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         oversize: Oversize = "run_alone",
         policy: Policy = "fifo",
         aging: float | timedelta = 0.1,
+        batch_timeout: float | timedelta | None = None,
+        isolate_failures: bool = False,
+        retry: Retry | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+        cache: MutableMapping[Any, Any] | AsyncCache | None = None,
+        key: Callable[[In], Hashable] | None = None,
         collate: None = None,
     ) -> None: ...
 
@@ -153,6 +189,13 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         oversize: Oversize = "run_alone",
         policy: Policy = "fifo",
         aging: float | timedelta = 0.1,
+        batch_timeout: float | timedelta | None = None,
+        isolate_failures: bool = False,
+        retry: Retry | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+        cache: MutableMapping[Any, Any] | AsyncCache | None = None,
+        key: Callable[[In], Hashable] | None = None,
         collate: Collator[In, Out],
     ) -> None: ...
 
@@ -172,6 +215,13 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         oversize: Oversize = "run_alone",
         policy: Policy = "fifo",
         aging: float | timedelta = 0.1,
+        batch_timeout: float | timedelta | None = None,
+        isolate_failures: bool = False,
+        retry: Retry | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+        cache: MutableMapping[Any, Any] | AsyncCache | None = None,
+        key: Callable[[In], Hashable] | None = None,
         collate: Collator[In, Out] | None = None,
     ) -> None:
         if not callable(fn):
@@ -193,7 +243,22 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             oversize=oversize,
             policy=policy,
             aging=aging,
+            batch_timeout=batch_timeout,
+            isolate_failures=isolate_failures,
+            retry=retry,
+            circuit_breaker=circuit_breaker,
+            rate_limit=rate_limit,
+            cache=cache,
+            key=key,
         )
+        self._cache = None if cache is None else CacheAdapter(cache)
+        #: Whether items carry a key (cache or deduplication).
+        self._keyed = cache is not None or key is not None
+        #: Leaders of in-flight deduplicated keys.
+        self._inflight: dict[Hashable, WaitedItem[In, Out]] = {}
+        self._breaker = None if circuit_breaker is None else BreakerState(circuit_breaker)
+        self._batch_bucket: TokenBucket | None = None
+        self._cost_bucket: TokenBucket | None = None
         self._state = _NEW
         self._recorder = Recorder()
         self._failure: BaseException | None = None
@@ -223,6 +288,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         send, receive = anyio.create_memory_object_stream[Item[In, Out]](math.inf)
         self._send = send
         self._room = anyio.Semaphore(self._config.max_queue_size)
+        limit = self._config.rate_limit
+        if limit is not None and limit.batches_per_second is not None:
+            rate = limit.batches_per_second
+            self._batch_bucket = TokenBucket(rate, max(1.0, rate))
+        if limit is not None and limit.cost_per_minute is not None:
+            self._cost_bucket = TokenBucket(limit.cost_per_minute / 60, limit.cost_per_minute)
         self._executor = Executor(self, self._fn, self._collate)
         self._scheduler = Scheduler(self, receive, self._new_pool(), self._executor)
         try:
@@ -348,12 +419,19 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             )
         return cost
 
-    async def _admit(self, value: In) -> float:
+    async def _admit(self, value: In, *, count: bool = True) -> float:
         """Count a submit, price its item, take room for it in the queue; return the cost."""
         if self._state is not _OPEN:
             raise self._closed_now()
         recorder = self._recorder
-        recorder.submitted += 1
+        if count:
+            recorder.submitted += 1
+        breaker = self._breaker
+        if breaker is not None and breaker.is_open():
+            recorder.rejected += 1
+            raise CircuitOpenError(
+                f"the circuit breaker of {self!r} is open: recent batches failed"
+            )
         try:
             cost = self._cost_of(value)
         except Exception:
@@ -389,23 +467,119 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             release()
 
     def _leave(self, item: Item[In, Out]) -> None:
-        """The caller of *item* is gone: withdraw it, or drop its result."""
+        """
+        One caller of *item* is gone: withdraw the item or drop its result, once no
+        other caller (deduplicated onto it) still waits.
+        """
         state = item.state
         recorder = self._recorder
         if state in (QUEUED, POOLED, EXPIRED):
+            recorder.pending -= 1
+            recorder.cancelled += 1
+            item.waiters -= 1
+            if item.waiters:
+                return
             if state == POOLED:
                 self._scheduler.pool.discard(item)
             item.state = WITHDRAWN
-            recorder.pending -= 1
-            recorder.cancelled += 1
             self._room.release()
+            self._forget(item)
         elif state == RUNNING:
-            item.state = ABANDONED
             recorder.running -= 1
             recorder.cancelled += 1
+            item.waiters -= 1
+            if item.waiters:
+                return
+            item.state = ABANDONED
             batch = item.batch
             batch.live -= 1
             self._executor.cancel_if_abandoned(batch)
+            self._forget(item)
+
+    def _forget(self, item: Item[In, Out]) -> None:
+        """Drop *item* from the in-flight keys, if it leads one."""
+        if item.key is not None and self._inflight.get(item.key) is item:
+            del self._inflight[item.key]
+
+    async def _settle(self, items: list[Item[In, Out]]) -> None:
+        """After a batch: cache the successes, release the in-flight keys."""
+        cache = self._cache
+        for item in items:
+            key = item.key
+            if key is None:
+                continue
+            self._forget(item)
+            if cache is not None and item.state == DONE and item.error is None:
+                try:
+                    await cache.set(key, item.result)
+                except Exception:
+                    logger.exception("batchscope: storing a result in the cache failed")
+
+    def _key_of(self, value: In) -> Hashable:
+        key_fn = self._config.key
+        key = value if key_fn is None else key_fn(value)
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(
+                f"the cache key of this item ({type(key).__name__}) is not hashable; "
+                f"pass key= to BatchScope to derive a hashable key"
+            ) from None
+        return key
+
+    async def _lookup(self, value: In) -> tuple[Hashable, Any]:
+        """The item's key and its cached result (MISSING on a miss); counts hits, misses."""
+        key = self._key_of(value)
+        cache = self._cache
+        if cache is None:
+            return key, MISSING
+        hit = cache.get_nowait(key) if not cache.is_async else await cache.get(key)
+        if hit is MISSING:
+            self._recorder.cache_misses += 1
+        else:
+            self._recorder.cache_hits += 1
+        return key, hit
+
+    async def _submit_keyed(self, item: In, priority: float) -> Out:
+        """submit() with a cache and/or in-flight deduplication."""
+        if self._state is not _OPEN:
+            raise self._closed_now()
+        recorder = self._recorder
+        recorder.submitted += 1
+        try:
+            key, hit = await self._lookup(item)
+        except Exception:
+            recorder.rejected += 1
+            raise
+        if hit is not MISSING:
+            recorder.completed += 1
+            await anyio.lowlevel.checkpoint()
+            return cast(Out, hit)
+        deadline = anyio.current_effective_deadline()
+        leader = self._inflight.get(key) if self._config.key is not None else None
+        if leader is not None and leader.state in (QUEUED, POOLED, EXPIRED, RUNNING):
+            # Someone is computing this key already: wait for the same item.
+            recorder.deduplicated += 1
+            leader.waiters += 1
+            if leader.state == RUNNING:
+                recorder.running += 1
+            else:
+                recorder.pending += 1
+            leader.deadline = max(leader.deadline, deadline)
+            waited = leader
+        else:
+            cost = await self._admit(item, count=False)
+            waited = WaitedItem[In, Out](item, priority, cost, anyio.current_time(), deadline)
+            waited.key = key
+            if self._config.key is not None:
+                self._inflight[key] = waited
+            self._queue(waited)
+        try:
+            await waited.event.wait()
+        except BaseException:
+            self._leave(waited)
+            raise
+        return waited.outcome()
 
     async def submit(self, item: In, *, priority: float = 0) -> Out:
         """
@@ -444,6 +618,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         .. versionadded:: 0.1.0
         """
         _check_priority(priority)
+        if self._keyed:
+            return await self._submit_keyed(item, priority)
         cost = await self._admit(item)
         waited = WaitedItem[In, Out](
             item, priority, cost, anyio.current_time(), anyio.current_effective_deadline()

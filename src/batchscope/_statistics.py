@@ -100,6 +100,10 @@ class BatchStatistics:
     cache_misses: int
     #: Submits that shared the computation of an identical pending item.
     deduplicated: int
+    #: Extra calls of fn made by retries.
+    retries: int
+    #: Extra calls of fn made to isolate failing items (``isolate_failures``).
+    isolation_calls: int
 
 
 @attrs.define(eq=False)
@@ -123,6 +127,8 @@ class Recorder:
     cache_hits: int = 0
     cache_misses: int = 0
     deduplicated: int = 0
+    retries: int = 0
+    isolation_calls: int = 0
     sizes: Counter[int] = attrs.Factory(Counter[int])
     reasons: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(RELEASE_REASONS, 0))
     queue_waits: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
@@ -155,4 +161,6 @@ class Recorder:
             cache_hits=self.cache_hits,
             cache_misses=self.cache_misses,
             deduplicated=self.deduplicated,
+            retries=self.retries,
+            isolation_calls=self.isolation_calls,
         )

@@ -1,0 +1,220 @@
+"""The result cache and in-flight deduplication."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import cachetools
+import pytest
+
+import batchscope as bs
+from batchscope.testing import FakeBatchFunction
+
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
+
+
+def check(stats: bs.BatchStatistics) -> None:
+    ended = stats.completed + stats.failed + stats.cancelled + stats.rejected
+    assert stats.submitted == ended + stats.pending + stats.running
+
+
+async def test_cache_hit_skips_the_queue() -> None:
+    """A cached result is returned without queueing; fn is not called again."""
+    fake = FakeBatchFunction[int, int](lambda x: x * 10)
+    cache: dict[Any, Any] = {}
+    async with bs.BatchScope(fake, cache=cache) as scope:
+        assert await scope.submit(1) == 10
+        start = anyio.current_time()
+        assert await scope.submit(1) == 10
+        assert anyio.current_time() == start  # no max_wait, no batch
+        stats = scope.statistics()
+    assert fake.batches == [[1]]
+    assert cache == {1: 10}
+    assert (stats.cache_hits, stats.cache_misses, stats.completed) == (1, 1, 2)
+    check(stats)
+
+
+async def test_cached_none_is_a_hit() -> None:
+    """None is a value like any other: once cached, it is a hit."""
+    fake = FakeBatchFunction[int, object](lambda x: None)
+    async with bs.BatchScope(fake, cache=cachetools.LRUCache(maxsize=10)) as scope:
+        first: object = await scope.submit(1)
+        second: object = await scope.submit(1)
+    assert first is None and second is None
+    assert fake.batches == [[1]]
+
+
+async def test_failures_are_never_cached() -> None:
+    """An item that failed is computed again next time."""
+    fake = FakeBatchFunction[int, int](fail_items={1: ValueError("no")})
+    cache: dict[Any, Any] = {}
+    async with bs.BatchScope(fake, cache=cache) as scope:
+        for _ in range(2):
+            with pytest.raises(ValueError, match="no"):
+                await scope.submit(1)
+    assert fake.batches == [[1], [1]]
+    assert cache == {}
+
+
+async def test_ttl_cache_expires() -> None:
+    """A cachetools.TTLCache on AnyIO's clock expires entries: recomputed after the TTL."""
+    fake = FakeBatchFunction[int, int]()
+    cache: cachetools.TTLCache[Any, Any] = cachetools.TTLCache(
+        maxsize=10, ttl=5, timer=anyio.current_time
+    )
+    async with bs.BatchScope(fake, cache=cache) as scope:
+        await scope.submit(1)
+        await scope.submit(1)
+        await anyio.sleep(6)
+        await scope.submit(1)
+    assert fake.batches == [[1], [1]]
+
+
+async def test_async_cache() -> None:
+    """An object with async get/set is used as an asynchronous cache; MISSING means a miss."""
+
+    class Remote:
+        def __init__(self) -> None:
+            self.data: dict[Any, Any] = {}
+
+        async def get(self, key: Any) -> Any:
+            await anyio.sleep(0.001)
+            return self.data.get(key, bs.MISSING)
+
+        async def set(self, key: Any, value: Any) -> None:
+            self.data[key] = value
+
+    remote = Remote()
+    fake = FakeBatchFunction[int, int](lambda x: x + 1)
+    async with bs.BatchScope(fake, cache=remote) as scope:
+        assert await scope.submit(1) == 2
+        assert await scope.submit(1) == 2
+    assert remote.data == {1: 2}
+    assert fake.batches == [[1]]
+
+
+async def test_cache_with_submit_many_and_map() -> None:
+    """submit_many and map take cached results without queueing those items."""
+    fake = FakeBatchFunction[int, int](lambda x: -x)
+    async with bs.BatchScope(fake, cache={}) as scope:
+        assert await scope.submit_many([1, 2]) == [-1, -2]
+        assert await scope.submit_many([1, 2, 3]) == [-1, -2, -3]
+        assert [y async for y in scope.map([3, 4])] == [-3, -4]
+        stats = scope.statistics()
+    assert sorted(fake.items) == [1, 2, 3, 4]
+    assert stats.cache_hits == 3
+    check(stats)
+
+
+async def test_unhashable_item_needs_a_key() -> None:
+    """An unhashable item with a cache fails that submit with a hint to pass key=."""
+    fake = FakeBatchFunction[Any, Any]()
+    async with bs.BatchScope(fake, cache={}) as scope:
+        with pytest.raises(TypeError, match="not hashable; pass key="):
+            await scope.submit([1, 2])
+    async with bs.BatchScope(fake, cache={}, key=tuple) as scope:
+        assert await scope.submit([1, 2]) == [1, 2]
+
+
+async def test_dedup_computes_identical_keys_once() -> None:
+    """With key=, concurrent submits of one key share one computation."""
+    fake = FakeBatchFunction[str, str](str.upper, delay=0.1)
+    results: list[str] = []
+    async with bs.BatchScope(fake, key=str.lower, max_wait=0.01) as scope:
+        async with anyio.create_task_group() as tg:
+            for text in ["a", "A", "a", "b"]:
+
+                async def call(text: str = text) -> None:
+                    results.append(await scope.submit(text))
+
+                tg.start_soon(call)
+        stats = scope.statistics()
+    assert sorted(map(str.lower, fake.items)) == ["a", "b"]  # the leader may be "A"
+    assert sorted(results) == ["A", "A", "A", "B"]
+    assert (stats.deduplicated, stats.completed, stats.submitted) == (2, 4, 4)
+    check(stats)
+
+
+async def test_one_waiter_leaving_does_not_cancel_shared_work() -> None:
+    """A deduplicated waiter that gives up leaves the computation running for the others."""
+    fake = FakeBatchFunction[int, int](delay=1.0)
+    got: list[int] = []
+    async with bs.BatchScope(fake, key=lambda x: x, max_wait=0) as scope:
+        async with anyio.create_task_group() as tg:
+
+            async def patient() -> None:
+                got.append(await scope.submit(5))
+
+            tg.start_soon(patient)
+            await anyio.sleep(0.1)  # the batch is running
+            with anyio.move_on_after(0.2):
+                await scope.submit(5)  # joins, then leaves
+        stats = scope.statistics()
+    assert got == [5]
+    assert fake.cancelled_calls == 0
+    assert (stats.completed, stats.cancelled, stats.deduplicated) == (1, 1, 1)
+    check(stats)
+
+
+async def test_leader_leaving_keeps_work_for_followers() -> None:
+    """The first caller leaving before dispatch does not withdraw the item others wait for."""
+    fake = FakeBatchFunction[int, int]()
+    got: list[int] = []
+    async with bs.BatchScope(fake, key=lambda x: x, max_wait=1.0) as scope:
+        async with anyio.create_task_group() as tg:
+            leader = anyio.CancelScope()
+
+            async def first() -> None:
+                with leader:
+                    await scope.submit(7)
+
+            async def second() -> None:
+                got.append(await scope.submit(7))
+
+            tg.start_soon(first)
+            await anyio.sleep(0.1)
+            tg.start_soon(second)
+            await anyio.sleep(0.1)
+            leader.cancel()
+        stats = scope.statistics()
+    assert got == [7]
+    assert fake.batches == [[7]]
+    assert (stats.completed, stats.cancelled) == (1, 1)
+    check(stats)
+
+
+async def test_all_waiters_leaving_cancels_the_async_batch() -> None:
+    """When every deduplicated waiter has gone, the running async batch is cancelled."""
+    fake = FakeBatchFunction[int, int](delay=10.0)
+    async with bs.BatchScope(fake, key=lambda x: x, max_wait=0) as scope:
+        with anyio.move_on_after(1.0):
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(scope.submit, 9)
+        await anyio.sleep(0.01)
+        assert fake.cancelled_calls == 1
+        stats = scope.statistics()
+    assert stats.cancelled == 3
+    check(stats)
+
+
+async def test_dedup_shares_failures_without_caching_them() -> None:
+    """Followers get the leader's exception; nothing is cached; next time it is recomputed."""
+    fake = FakeBatchFunction[int, int](fail_items={3: KeyError("three")}, delay=0.1)
+    async with bs.BatchScope(fake, key=lambda x: x, cache={}, max_wait=0) as scope:
+        outcomes: list[BaseException] = []
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+
+                async def call() -> None:
+                    try:
+                        await scope.submit(3)
+                    except KeyError as exc:
+                        outcomes.append(exc)
+
+                tg.start_soon(call)
+        with pytest.raises(KeyError):
+            await scope.submit(3)
+    assert len(outcomes) == 3
+    assert fake.batches == [[3], [3]]
