@@ -1,0 +1,38 @@
+"""
+Array collators: pad variable-length arrays into batches for NumPy, CuPy and PyTorch.
+
+Pass a :class:`PadCollator` as ``collate=`` and the batch function receives one padded
+array per batch instead of a list of items; its output is split back per caller::
+
+    from batchscope import BatchScope
+    from batchscope.arrays import PadCollator
+
+    async with BatchScope(model, collate=PadCollator(pad_value=0)) as scope:
+        hidden = await scope.submit(token_ids)  # (L,) in, (L, hidden) out
+
+Needs the ``numpy`` extra (``array-api-compat``); CuPy (``cupy`` extra) and PyTorch are
+used when the items or ``xp=`` ask for them, and never imported before.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+from ._pad import PadCollator as PadCollator
+from ._pad import PaddedBatch as PaddedBatch
+from ._pad import PaddedDict as PaddedDict
+from ._pad import PadOptions as PadOptions
+
+__all__ = ["PadCollator", "PadOptions", "PaddedBatch", "PaddedDict"]
+
+
+def _fix_module_names() -> None:
+    # Reprs and tracebacks say batchscope.arrays.PadCollator, not the private module.
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith(f"{__name__}."):
+            obj.__module__ = __name__
+
+
+_fix_module_names()
+del _fix_module_names
