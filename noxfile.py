@@ -57,7 +57,12 @@ DEPENDENCY_SETS = {
     # The core alone: asyncio only (the tests' trio parameters skip themselves).
     "minimal": ["-e", ".[test]"],
     # Everything optional that the tests exercise: trio, uvloop, the array collators.
-    "full": ["-e", ".[test,trio,uvloop,numpy]", "array-api-strict>=2.0"],
+    "full": [
+        "-e",
+        ".[test,trio,uvloop,numpy,metrics,progress]",
+        "array-api-strict>=2.0",
+        "opentelemetry-sdk>=1.20",
+    ],
 }
 
 

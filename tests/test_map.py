@@ -164,3 +164,14 @@ async def test_map_rejects_bad_window(window: object) -> None:
     async with bs.BatchScope(FakeBatchFunction[int, int]()) as scope:
         with pytest.raises((TypeError, ValueError), match="'window' must be"):
             scope.map([1], window=window)  # type: ignore[arg-type]
+
+
+async def test_map_progress_bar_counts_items(capsys: pytest.CaptureFixture[str]) -> None:
+    """map(progress=True) draws a bar on stderr that ends at n/n, under any backend."""
+    pytest.importorskip("rich")
+    fake = FakeBatchFunction[int, int]()
+    async with bs.BatchScope(fake, max_batch_size=8) as scope:
+        got = [y async for y in scope.map(range(40), progress=True)]
+    assert got == list(range(40))
+    err = capsys.readouterr().err
+    assert "batchscope map" in err and "40/40" in err

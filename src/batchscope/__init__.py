@@ -18,6 +18,9 @@ from ._exceptions import NoActiveScopeError as NoActiveScopeError
 from ._exceptions import QueueFullError as QueueFullError
 from ._exceptions import ScopeClosedError as ScopeClosedError
 from ._executor import Collator as Collator
+from ._hooks import BatchFinished as BatchFinished
+from ._hooks import BatchStarted as BatchStarted
+from ._hooks import Hooks as Hooks
 from ._map import MapIterator as MapIterator
 from ._resilience import CircuitBreaker as CircuitBreaker
 from ._resilience import RateLimit as RateLimit
@@ -29,13 +32,16 @@ from ._statistics import Percentiles as Percentiles
 __all__ = [
     "MISSING",
     "AsyncCache",
+    "BatchFinished",
     "BatchScope",
     "BatchScopeError",
     "BatchSizeMismatchError",
+    "BatchStarted",
     "BatchStatistics",
     "CircuitBreaker",
     "CircuitOpenError",
     "Collator",
+    "Hooks",
     "ItemTooLargeError",
     "MapIterator",
     "NoActiveScopeError",

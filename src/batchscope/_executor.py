@@ -19,6 +19,7 @@ and its late result discarded.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
@@ -26,12 +27,15 @@ import anyio
 import anyio.to_thread
 
 from ._exceptions import BatchSizeMismatchError, CircuitOpenError
-from ._pending import RUNNING, Item
+from ._hooks import BatchFinished, BatchStarted, Outcome
+from ._pending import ABANDONED, DONE, RUNNING, Item
 
 if TYPE_CHECKING:
     from ._scope import BatchScope
 
 __all__ = ["Batch", "BatchFunction", "Collator", "Executor", "is_async_callable"]
+
+logger = logging.getLogger("batchscope")
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -93,10 +97,16 @@ def is_async_callable(fn: object) -> bool:
 class Batch(Generic[In, Out]):
     """One dispatched batch: its items and what is needed to cancel it."""
 
-    __slots__ = ("cancel_scope", "items", "live", "load")
+    __slots__ = ("cancel_scope", "failed", "items", "live", "load", "started")
 
-    def __init__(self, items: list[Item[In, Out]], load: float) -> None:
+    def __init__(
+        self, items: list[Item[In, Out]], load: float, started: BatchStarted | None
+    ) -> None:
         self.items = items
+        #: The hooks' start event (None without hooks).
+        self.started = started
+        #: Whether the batch's last call raised.
+        self.failed = False
         #: The batch's size, or cost, for the run-time model.
         self.load = load
         #: Items whose callers still wait for this batch.
@@ -126,10 +136,14 @@ class Executor(Generic[In, Out]):
         self._limiter.total_tokens = batches
 
     def start(
-        self, task_group: anyio.abc.TaskGroup, items: list[Item[In, Out]], load: float
+        self,
+        task_group: anyio.abc.TaskGroup,
+        items: list[Item[In, Out]],
+        load: float,
+        started: BatchStarted | None,
     ) -> None:
         """Run *items* as one batch in a new task of *task_group*."""
-        batch = Batch(items, load)
+        batch = Batch(items, load, started)
         for item in items:
             item.batch = batch
         self.running.add(batch)
@@ -199,6 +213,8 @@ class Executor(Generic[In, Out]):
             for item in items:
                 latencies.append(ended - item.arrival)
             scope._scheduler.slot_freed()
+            if batch.started is not None and scope._hooks is not None:
+                scope._hooks.call("batch_finished", _finished(batch, ended - started, ended))
         if scope._keyed:
             await scope._settle(items)
 
@@ -211,12 +227,20 @@ class Executor(Generic[In, Out]):
                 CircuitOpenError("the circuit breaker is open: recent batches failed"),
             )
             return
-        failed = True
         try:
             failed = await self._attempts(batch)
-        finally:
+        except BaseException:
+            # Cancelled (callers gone, scope closing): says nothing about fn's health.
             if breaker is not None:
-                breaker.record(failed)
+                breaker.trial_running = False
+            raise
+        batch.failed = failed
+        if breaker is not None:
+            change = breaker.record(failed)
+            if change == "opened":
+                logger.warning("batchscope: the circuit breaker opened: batches keep failing")
+            elif change == "closed":
+                logger.info("batchscope: the circuit breaker closed: a trial batch succeeded")
 
     async def _attempts(self, batch: Batch[In, Out]) -> bool:
         """Call fn, retrying per the Retry policy; True when the batch's last call raised."""
@@ -239,6 +263,14 @@ class Executor(Generic[In, Out]):
                     self._scope._recorder.retries += 1
                     await anyio.sleep(retry.wait(attempt))
                     continue
+                self._scope._log.log(
+                    logging.WARNING,
+                    f"fn-raised:{type(exc).__name__}",
+                    "batchscope: the batch function raised %s for a batch of %d items%s",
+                    type(exc).__name__,
+                    len(live),
+                    "; isolating the failing items" if config.isolate_failures else "",
+                )
                 if config.isolate_failures and len(live) > 1:
                     await self._isolate(live, exc)
                 else:
@@ -357,3 +389,32 @@ class Executor(Generic[In, Out]):
         recorder = self._scope._recorder
         recorder.failed += failed
         recorder.running -= failed
+
+
+def _finished(batch: Batch[Any, Any], seconds: float, ended: float) -> BatchFinished:
+    """The hooks' end event of *batch* (only built when the scope has hooks)."""
+    assert batch.started is not None
+    completed = failed = 0
+    for item in batch.items:
+        if item.state == DONE:
+            if item.error is None:
+                completed += 1
+            else:
+                failed += 1
+    outcome: Outcome
+    if completed == failed == 0:
+        outcome = "abandoned" if all(i.state == ABANDONED for i in batch.items) else "failed"
+    elif failed == 0:
+        outcome = "ok"
+    elif completed == 0 and batch.failed:
+        outcome = "failed"
+    else:
+        outcome = "partial"
+    return BatchFinished(
+        batch.started,
+        seconds,
+        outcome,
+        completed,
+        failed,
+        tuple(ended - item.arrival for item in batch.items),
+    )

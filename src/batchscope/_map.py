@@ -10,7 +10,7 @@ scope's task group, at most ``window`` items ahead of the consumer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Sized
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -21,6 +21,7 @@ from anyio import WouldBlock
 from ._cache import MISSING
 from ._exceptions import BatchScopeError, ScopeClosedError
 from ._pending import CallbackItem
+from ._progress import ProgressBar
 
 if TYPE_CHECKING:
     from ._scope import BatchScope
@@ -113,8 +114,13 @@ class MapIterator(Generic[In, Out]):
         ordered: bool,
         return_exceptions: bool,
         window: int,
+        progress: bool = False,
     ) -> None:
         self._scope = scope
+        self._progress: ProgressBar | None = None
+        if progress:
+            total = len(source) if isinstance(source, Sized) else None
+            self._progress = ProgressBar(total, f"batchscope map ({scope._fn_name})")
         self._source = source
         self._ordered = ordered
         self._return_exceptions = return_exceptions
@@ -267,6 +273,8 @@ class MapIterator(Generic[In, Out]):
 
     def _hand_out(self, item: CallbackItem[In, Out]) -> Out | BaseException:
         self._yielded += 1
+        if self._progress is not None:
+            self._progress.advance()
         del self._outstanding[item.index]
         assert self._window is not None
         self._window.release()
@@ -280,6 +288,9 @@ class MapIterator(Generic[In, Out]):
     def _finish(self) -> None:
         self._closed = True
         self._scope._maps.discard(self)
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
 
     def _close_now(self) -> None:
         if self._closed:

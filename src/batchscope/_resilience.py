@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import anyio
 import attrs
@@ -212,13 +212,16 @@ class BreakerState:
         self.trial_running = True
         return True
 
-    def record(self, failed: bool) -> None:
-        """A batch that was allowed has ended, its call failed or not."""
+    def record(self, failed: bool) -> Literal["opened", "closed"] | None:
+        """A batch that was allowed has ended, its call failed or not; return the change."""
         self.trial_running = False
+        was_open = self._opened_at is not None
         if not failed:
             self._failures = 0
             self._opened_at = None
-            return
+            return "closed" if was_open else None
         self._failures += 1
-        if self._opened_at is not None or self._failures >= self._breaker.failure_threshold:
+        if was_open or self._failures >= self._breaker.failure_threshold:
             self._opened_at = anyio.current_time()
+            return None if was_open else "opened"
+        return None

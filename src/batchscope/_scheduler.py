@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 from anyio import EndOfStream, WouldBlock
 
+from ._hooks import BatchStarted
 from ._pending import EXPIRED, QUEUED, RUNNING, Item, Limits, Pool, Release
 
 if TYPE_CHECKING:
@@ -264,7 +265,11 @@ class Scheduler(Generic[In, Out]):
             recorder.real_cost += real
             recorder.padded_cost += load
         scope._release_room(size)
-        self._executor.start(task_group, items, load)
+        started = None
+        if scope._hooks is not None:
+            started = BatchStarted(size, load, reason, tuple(now - item.arrival for item in items))
+            scope._hooks.call("batch_started", started)
+        self._executor.start(task_group, items, load, started)
 
     def fail_waiting(self, error: BaseException) -> int:
         """End every item still queued or pooled with *error*; return how many."""

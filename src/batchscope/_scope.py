@@ -22,6 +22,7 @@ from collections.abc import (
     Hashable,
     Iterable,
     MutableMapping,
+    Sequence,
 )
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -44,6 +45,7 @@ from ._exceptions import (
     ScopeClosedError,
 )
 from ._executor import BatchFunction, Collator, Executor, check_collator
+from ._hooks import HookRunner, Hooks, RateLimitedLog
 from ._map import MapIterator, gather
 from ._pending import (
     ABANDONED,
@@ -74,6 +76,20 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 _NEW, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
+
+
+def _hook_runner(hooks: object, log: RateLimitedLog) -> HookRunner | None:
+    if hooks is None:
+        return None
+    listed: list[object] = (
+        [hooks] if isinstance(hooks, Hooks) else list(cast("Sequence[object]", hooks))
+    )
+    for hook in listed:
+        if not isinstance(hook, Hooks):
+            raise TypeError(
+                f"'hooks' must be a batchscope.Hooks or a list of them, got {type(hook).__name__}"
+            )
+    return HookRunner(cast("Sequence[Hooks]", listed), log) if listed else None
 
 
 def _check_priority(priority: object) -> None:
@@ -134,6 +150,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         key: ``item -> hashable`` for the cache (the item itself without it); giving it
             also turns on in-flight deduplication: identical keys pending or running are
             computed once for every caller (``submit`` only).
+        hooks: :class:`Hooks` (or a list of them) that receive batch and item events;
+            :mod:`batchscope.metrics` has Prometheus and OpenTelemetry exporters.
         collate: A :class:`Collator` that turns the item list into fn's input (say, one
             padded array) and fn's output back into per-item results
             (:mod:`batchscope.arrays` has collators for NumPy, CuPy and PyTorch).
@@ -169,6 +187,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         rate_limit: RateLimit | None = None,
         cache: MutableMapping[Any, Any] | AsyncCache | None = None,
         key: Callable[[In], Hashable] | None = None,
+        hooks: Hooks | Sequence[Hooks] | None = None,
         collate: None = None,
     ) -> None: ...
 
@@ -196,6 +215,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         rate_limit: RateLimit | None = None,
         cache: MutableMapping[Any, Any] | AsyncCache | None = None,
         key: Callable[[In], Hashable] | None = None,
+        hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out],
     ) -> None: ...
 
@@ -222,6 +242,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         rate_limit: RateLimit | None = None,
         cache: MutableMapping[Any, Any] | AsyncCache | None = None,
         key: Callable[[In], Hashable] | None = None,
+        hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out] | None = None,
     ) -> None:
         if not callable(fn):
@@ -257,6 +278,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         #: Leaders of in-flight deduplicated keys.
         self._inflight: dict[Hashable, WaitedItem[In, Out]] = {}
         self._breaker = None if circuit_breaker is None else BreakerState(circuit_breaker)
+        self._log = RateLimitedLog()
+        self._hooks = _hook_runner(hooks, self._log)
         self._batch_bucket: TokenBucket | None = None
         self._cost_bucket: TokenBucket | None = None
         self._state = _NEW
@@ -270,9 +293,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         self._executor: Executor[In, Out]
         self._scheduler: Scheduler[In, Out]
 
+    @property
+    def _fn_name(self) -> str:
+        return getattr(self._fn, "__qualname__", None) or type(self._fn).__qualname__
+
     def __repr__(self) -> str:
-        name = getattr(self._fn, "__qualname__", None) or repr(self._fn)
-        return f"<BatchScope {name} {self._state}>"
+        return f"<BatchScope {self._fn_name} {self._state}>"
 
     @property
     def config(self) -> ScopeConfig:
@@ -303,6 +329,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                     self._schedule, task_group, name=f"batchscope scheduler of {self!r}"
                 )
                 self._state = _OPEN
+                if self._hooks is not None:
+                    self._hooks.call("scope_opened", self)
                 try:
                     yield self
                 except BaseException as exc:
@@ -318,6 +346,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         finally:
             self._state = _CLOSED
             send.close()
+            if self._hooks is not None:
+                self._hooks.call("scope_closed", self)
 
     def _new_pool(self) -> Pool:
         policy = self._config.policy
@@ -428,20 +458,23 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             recorder.submitted += 1
         breaker = self._breaker
         if breaker is not None and breaker.is_open():
-            recorder.rejected += 1
+            self._reject("circuit_open")
             raise CircuitOpenError(
                 f"the circuit breaker of {self!r} is open: recent batches failed"
             )
         try:
             cost = self._cost_of(value)
+        except ItemTooLargeError:
+            self._reject("too_large")
+            raise
         except Exception:
-            recorder.rejected += 1
+            self._reject("bad_cost")
             raise
         try:
             self._room.acquire_nowait()
         except WouldBlock:
             if self._config.on_full == "reject":
-                recorder.rejected += 1
+                self._reject("queue_full")
                 raise QueueFullError(
                     f"the queue of {self!r} holds max_queue_size="
                     f"{self._config.max_queue_size} pending items"
@@ -453,9 +486,14 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 raise
             if self._state is not _OPEN:
                 self._room.release()  # pass the wake-up on to the next waiter
-                recorder.rejected += 1
+                self._reject("closed")
                 raise self._closed_now() from None
         return cost
+
+    def _reject(self, reason: str) -> None:
+        self._recorder.rejected += 1
+        if self._hooks is not None:
+            self._hooks.call("item_rejected", reason)
 
     def _queue(self, item: Item[In, Out]) -> None:
         self._recorder.pending += 1
@@ -473,6 +511,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         """
         state = item.state
         recorder = self._recorder
+        if self._hooks is not None and state in (QUEUED, POOLED, EXPIRED, RUNNING):
+            self._hooks.call("item_cancelled", state == RUNNING)
         if state in (QUEUED, POOLED, EXPIRED):
             recorder.pending -= 1
             recorder.cancelled += 1
@@ -669,6 +709,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         ordered: bool = True,
         return_exceptions: bool = False,
         window: int | None = None,
+        progress: bool = False,
     ) -> MapIterator[In, Out]:
         """
         Stream results for the items of a (sync or async) iterable, with bounded memory.
@@ -686,6 +727,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 stops the iteration and withdraws the rest).
             window: The most items pulled from the source and not yet yielded; None means
                 ``4 * max_batch_size * max_concurrent_batches``.
+            progress: Show a live progress bar on stderr (needs rich: the ``progress``
+                extra); it works under asyncio and Trio alike.
 
         Returns:
             An async iterator of results (also an async context manager).
@@ -693,6 +736,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         Raises:
             TypeError: *window* is not an int.
             ValueError: *window* is below 1.
+            ImportError: ``progress=True`` and rich is not installed.
 
         .. versionadded:: 0.1.0
         """
@@ -701,7 +745,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         else:
             check_int("window", window, minimum=1)
         return MapIterator(
-            self, items, ordered=ordered, return_exceptions=return_exceptions, window=window
+            self,
+            items,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            window=window,
+            progress=progress,
         )
 
     # -- introspection and control -------------------------------------------------------

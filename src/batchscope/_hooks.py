@@ -1,0 +1,138 @@
+"""
+Observability hooks: what a scope reports about its batches and items, and to whom.
+
+:class:`Hooks` is a base class with no-op methods (like Trio's ``Instrument``): subclass it
+and override what you need, then pass ``BatchScope(fn, hooks=[...])``. The events are
+frozen attrs objects. With no hooks, the engine builds no event and calls nothing: one
+``if`` per batch. A hook that raises is logged (rate-limited) and otherwise ignored: an
+exporter's bug never breaks the scope or a caller.
+
+The exporters in :mod:`batchscope.metrics` (Prometheus, OpenTelemetry) are such hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import attrs
+
+if TYPE_CHECKING:
+    from ._scope import BatchScope
+
+__all__ = ["BatchFinished", "BatchStarted", "HookRunner", "Hooks", "RateLimitedLog"]
+
+logger = logging.getLogger("batchscope")
+
+#: How a batch ended: ``ok`` (every item got a result), ``partial`` (some items failed
+#: alone), ``failed`` (fn raised, or a wrong result count, for the whole batch),
+#: ``abandoned`` (every caller left before it ended).
+Outcome = Literal["ok", "partial", "failed", "abandoned"]
+
+
+@attrs.frozen
+class BatchStarted:
+    """A batch left the queue."""
+
+    #: Items in the batch.
+    size: int
+    #: Its cost as the scope counts it (padded or summed), or its size without ``cost``.
+    cost: float
+    #: Why it left: ``size``, ``cost``, ``timer``, ``deadline`` or ``drain``.
+    reason: str
+    #: Seconds each item waited in the queue.
+    queue_waits: tuple[float, ...]
+
+
+@attrs.frozen
+class BatchFinished:
+    """A batch ended: all its calls of fn are done (retries and isolation included)."""
+
+    #: The batch as it started.
+    started: BatchStarted
+    #: Seconds from dispatch to the end of the batch.
+    seconds: float
+    #: How it ended.
+    outcome: Outcome
+    #: Items that got a result.
+    completed: int
+    #: Items that got an exception.
+    failed: int
+    #: Seconds from submit to the end of the batch, per item.
+    latencies: tuple[float, ...]
+
+
+class Hooks:
+    """
+    Receive a scope's events; override the methods you need (all default to nothing).
+
+    Methods run synchronously on the event loop and must be quick (update a metric,
+    append to a list); do not block in them.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def scope_opened(self, scope: BatchScope[Any, Any]) -> None:
+        """The scope opened (before any item)."""
+
+    def scope_closed(self, scope: BatchScope[Any, Any]) -> None:
+        """The scope has exited (every item has ended)."""
+
+    def batch_started(self, event: BatchStarted) -> None:
+        """A batch was dispatched."""
+
+    def batch_finished(self, event: BatchFinished) -> None:
+        """A batch ended."""
+
+    def item_rejected(self, reason: str) -> None:
+        """A submit was refused before queueing: ``queue_full``, ``closed``,
+        ``too_large``, ``bad_cost``, ``circuit_open``."""
+
+    def item_cancelled(self, dispatched: bool) -> None:
+        """A caller left before its item ended (before or after dispatch)."""
+
+
+class RateLimitedLog:
+    """Log a recurring message at most once per *interval* seconds, counting the rest."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def log(self, level: int, topic: str, message: str, *args: object, exc: bool = False) -> None:
+        """Log *message* for *topic* unless one was logged less than *interval* ago."""
+        now = anyio.current_time()
+        last = self._last.get(topic)
+        if last is not None and now - last < self._interval:
+            self._suppressed[topic] = self._suppressed.get(topic, 0) + 1
+            return
+        self._last[topic] = now
+        suppressed = self._suppressed.pop(topic, 0)
+        if suppressed:
+            message += f" ({suppressed} similar messages suppressed)"
+        logger.log(level, message, *args, exc_info=exc)
+
+
+class HookRunner:
+    """Calls every hook for an event, isolating the scope from their failures."""
+
+    def __init__(self, hooks: Sequence[Hooks], log: RateLimitedLog) -> None:
+        self._hooks = tuple(hooks)
+        self._log = log
+
+    def call(self, method: str, *args: Any) -> None:
+        for hook in self._hooks:
+            try:
+                getattr(hook, method)(*args)
+            except Exception:  # noqa: PERF203 - each hook is isolated from the others
+                self._log.log(
+                    logging.ERROR,
+                    f"hook:{method}",
+                    "batchscope: hook %r failed in %s()",
+                    hook,
+                    method,
+                    exc=True,
+                )
