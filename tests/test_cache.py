@@ -218,3 +218,45 @@ async def test_dedup_shares_failures_without_caching_them() -> None:
             await scope.submit(3)
     assert len(outcomes) == 3
     assert fake.batches == [[3], [3]]
+
+
+async def test_follower_revives_an_item_set_aside_for_the_leaders_deadline() -> None:
+    """A leader too hurried to be served, then a patient follower: the follower is served."""
+    fake = FakeBatchFunction[int, int]()
+    got: list[int] = []
+    async with bs.BatchScope(fake, key=lambda x: x, max_wait=0.01) as scope:
+        async with anyio.create_task_group() as tg:
+
+            async def hurried() -> None:
+                with anyio.move_on_after(0.001):  # nearer than a batch takes: set aside
+                    await scope.submit(4)
+
+            async def patient() -> None:
+                got.append(await scope.submit(4))
+
+            tg.start_soon(hurried)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(patient)
+        stats = scope.statistics()
+    assert got == [4]
+    assert fake.items == [4]
+    check(stats)
+
+
+async def test_cancelled_during_async_cache_lookup_still_adds_up() -> None:
+    """A caller cancelled while the async cache answers is counted as cancelled."""
+
+    class Slow:
+        async def get(self, key: Any) -> Any:
+            await anyio.sleep(10)
+            return bs.MISSING
+
+        async def set(self, key: Any, value: Any) -> None:
+            pass
+
+    async with bs.BatchScope(FakeBatchFunction[int, int](), cache=Slow()) as scope:
+        with anyio.move_on_after(1):
+            await scope.submit(1)
+        stats = scope.statistics()
+    assert (stats.submitted, stats.cancelled) == (1, 1)
+    check(stats)

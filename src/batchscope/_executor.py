@@ -254,14 +254,17 @@ class Executor(Generic[In, Out]):
             if not live:
                 return False
             retrying = retry is not None and attempt < attempts
+            wait = retry.wait(attempt) if retry is not None and retrying else 0.0
             if retrying and retry is not None and retry.timeout is not None:
-                retrying = anyio.current_time() - first_call < retry.timeout
+                # No call may start after the timeout: retry only if the next one would
+                # begin within it.
+                retrying = anyio.current_time() + wait - first_call < retry.timeout
             try:
                 results = await self._call_limited(live, batch if attempt == 1 else None)
             except Exception as exc:
                 if retrying and retry is not None and isinstance(exc, retry.on):
                     self._scope._recorder.retries += 1
-                    await anyio.sleep(retry.wait(attempt))
+                    await anyio.sleep(wait)
                     continue
                 self._scope._log.log(
                     logging.WARNING,
@@ -279,10 +282,9 @@ class Executor(Generic[In, Out]):
             again = self._route(live, results, retry.on if retrying and retry else None)
             if not again:
                 return False
-            assert retry is not None
             self._scope._recorder.retries += 1
             items = again
-            await anyio.sleep(retry.wait(attempt))
+            await anyio.sleep(wait)
         return False
 
     async def _isolate(self, items: list[Item[In, Out]], error: Exception) -> None:

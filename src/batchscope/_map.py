@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Iterable, Sized
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -30,6 +30,16 @@ __all__ = ["MapIterator", "gather"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+
+async def _counted_lookup(scope: BatchScope[In, Out], value: In) -> tuple[Any, Any]:
+    """Cache look-up for one item of many; a bad key counts as a refused submit."""
+    try:
+        return await scope._lookup(value)
+    except Exception:
+        scope._recorder.submitted += 1
+        scope._reject("bad_key")
+        raise
 
 
 async def gather(
@@ -59,7 +69,7 @@ async def gather(
             try:
                 key = None
                 if scope._keyed:
-                    key, hit = await scope._lookup(value)
+                    key, hit = await _counted_lookup(scope, value)
                     if hit is not MISSING:
                         scope._recorder.submitted += 1
                         scope._recorder.completed += 1
@@ -172,7 +182,7 @@ class MapIterator(Generic[In, Out]):
         key = None
         try:
             if scope._keyed:
-                key, hit = await scope._lookup(value)
+                key, hit = await _counted_lookup(scope, value)
                 if hit is not MISSING:
                     scope._recorder.submitted += 1
                     scope._recorder.completed += 1

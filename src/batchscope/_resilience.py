@@ -79,8 +79,8 @@ class Retry:
         wait_initial: The first wait, in seconds.
         wait_max: The cap on every wait, jitter included.
         wait_jitter: The most random seconds added to each wait.
-        timeout: Give up retrying once this many seconds have passed since the first call
-            (a call in progress is not cut short: use ``batch_timeout`` for that).
+        timeout: No retry starts later than this many seconds after the first call (a
+            call in progress is not cut short: use ``batch_timeout`` for that).
 
     .. versionadded:: 0.1.0
     """

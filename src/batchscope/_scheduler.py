@@ -209,6 +209,13 @@ class Scheduler(Generic[In, Out]):
                 if limbo:
                     self._revive(limbo)
 
+    def revive_now(self, item: Item[In, Out]) -> None:
+        """A caller with a later deadline joined a set-aside item: back to the pool now."""
+        if item.state == EXPIRED:
+            self._limbo.pop(item, None)
+            self.pool.add(item)
+            self.wake()
+
     def _revive(self, limbo: dict[Item[In, Out], bool]) -> None:
         """
         Items set aside whose caller did not leave after all go back to the pool.

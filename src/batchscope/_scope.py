@@ -589,7 +589,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         try:
             key, hit = await self._lookup(item)
         except Exception:
-            recorder.rejected += 1
+            self._reject("bad_key")
+            raise
+        except BaseException:
+            recorder.cancelled += 1  # cancelled during an async cache look-up
             raise
         if hit is not MISSING:
             recorder.completed += 1
@@ -605,7 +608,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 recorder.running += 1
             else:
                 recorder.pending += 1
-            leader.deadline = max(leader.deadline, deadline)
+            if deadline > leader.deadline:
+                leader.deadline = deadline
+                # Set aside for the first caller's deadline? This one can wait longer.
+                self._scheduler.revive_now(leader)
             waited = leader
         else:
             cost = await self._admit(item, count=False)
