@@ -16,7 +16,7 @@ nox.needs_version = ">=2024.3.2"
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["tests", "lint", "typing", "docs", "examples"]
+nox.options.sessions = ["tests", "lint", "typing", "docs", "examples", "bench_smoke"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHONS = nox.project.python_versions(PYPROJECT)
@@ -71,7 +71,12 @@ DEPENDENCY_SETS = {
 def tests(session: nox.Session, deps: str) -> None:
     """Run the test suite."""
     session.install(*DEPENDENCY_SETS[deps])
-    session.run("pytest", *session.posargs)
+    # The examples and the benchmark smoke tests have sessions of their own.
+    args = session.posargs or [
+        "--ignore=tests/test_examples.py",
+        "--ignore=tests/test_benchmarks_smoke.py",
+    ]
+    session.run("pytest", *args)
 
 
 @nox.session(python=PYTHONS[-1])
@@ -132,3 +137,24 @@ def gpu(session: nox.Session) -> None:
     )
     session.run("python", "examples/gpu_pipeline.py", "--strict")
     session.run("python", "examples/gpu_pipeline.py", "--strict", "--backend", "trio")
+
+
+BENCH_DEPS = ["-e", ".[trio,uvloop,numpy]", "matplotlib", "batched", "aiodataloader", "pytest"]
+
+
+@nox.session(python="3.11")  # the version PEERS.md was measured on
+def bench(session: nox.Session) -> None:
+    """Benchmarks against the floor and the peers: quick by default, `-- --full` for all."""
+    session.install(*BENCH_DEPS)
+    try:
+        session.install("ray[serve]")
+    except nox.command.CommandFailed:
+        session.warn("ray[serve] did not install: the Ray runner reports 'not installed'")
+    session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python="3.11")
+def bench_smoke(session: nox.Session) -> None:
+    """Every benchmark scenario at a tiny size, so the suite cannot rot (no timing asserted)."""
+    session.install(*BENCH_DEPS)
+    session.run("pytest", "tests/test_benchmarks_smoke.py", *session.posargs)

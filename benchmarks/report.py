@@ -1,0 +1,410 @@
+"""
+From records to results: medians, the Markdown table, the targets and the plots.
+
+A cell of the table is the median over runs of a value, and the median over runs of its
+ratio to the reference measured in the same run (not the ratio of medians, so that a
+slow run slows the reference too). Targets are read off those medians.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._core import Record, median
+
+__all__ = ["Cell", "Target", "check_targets", "medians", "plot", "write_markdown"]
+
+
+@dataclass
+class Cell:
+    """Median of one (scenario, implementation, backend, metric, parameters) over runs."""
+
+    scenario: str
+    implementation: str
+    backend: str
+    metric: str
+    params: dict[str, Any]
+    value: float
+    ratio: float | None
+    reference: str | None
+    unit: str
+    runs: int
+    note: str
+
+
+@dataclass
+class Target:
+    """One target of the issue: what, the measured figure, the limit, pass or fail."""
+
+    name: str
+    measured: float | None
+    limit: str
+    passed: bool | None
+    note: str = ""
+
+
+def medians(records: Iterable[Record]) -> list[Cell]:
+    """Group records over runs; median value and median ratio per group."""
+    groups: dict[tuple[Any, ...], list[Record]] = defaultdict(list)
+    for record in records:
+        if record.status == "ok" and record.value is not None:
+            groups[(record.implementation, *record.key())].append(record)
+    cells = []
+    for group in groups.values():
+        first = group[0]
+        ratios = [r.ratio for r in group if r.ratio is not None]
+        notes = sorted({r.note for r in group if r.note})
+        cells.append(
+            Cell(
+                first.scenario,
+                first.implementation,
+                first.backend,
+                first.metric,
+                first.params,
+                median(r.value for r in group if r.value is not None),
+                median(ratios) if ratios else None,
+                first.reference,
+                first.unit,
+                len(group),
+                "; ".join(notes)[:120],
+            )
+        )
+    return cells
+
+
+def _find(
+    cells: list[Cell], scenario: str, implementation: str, backend: str, metric: str, **params: Any
+) -> Cell | None:
+    for cell in cells:
+        if (cell.scenario, cell.implementation, cell.backend, cell.metric) != (
+            scenario,
+            implementation,
+            backend,
+            metric,
+        ):
+            continue
+        if all(cell.params.get(key) == value for key, value in params.items()):
+            return cell
+    return None
+
+
+def _target(
+    name: str,
+    cell: Cell | None,
+    limit: float,
+    *,
+    use_ratio: bool,
+    at_most: bool = True,
+    limit_text: str = "",
+    note: str = "",
+) -> Target:
+    if cell is None:
+        return Target(name, None, limit_text or str(limit), None, note or "not measured")
+    measured = cell.ratio if use_ratio else cell.value
+    if measured is None or (isinstance(measured, float) and math.isnan(measured)):
+        return Target(name, None, limit_text or str(limit), None, note or "no figure")
+    passed = measured <= limit if at_most else measured >= limit
+    return Target(name, measured, limit_text or str(limit), passed, note)
+
+
+def check_targets(cells: list[Cell], records: list[Record]) -> list[Target]:
+    """Every target of issue 7 that this run measured, pass or fail."""
+    targets: list[Target] = []
+    c1000 = {"callers": 1000, "batch": 32}
+    for backend in ("asyncio", "uvloop"):
+        cell = _find(cells, "overhead", "batchscope", backend, "per_item", **c1000)
+        targets.append(
+            _target(
+                f"overhead {backend} C=1000 b=32 vs floor",
+                cell,
+                1.5,
+                use_ratio=True,
+                limit_text="≤ 1.5x",
+            )
+        )
+    cell = _find(cells, "overhead", "batchscope", "trio", "per_item", **c1000)
+    targets.append(
+        _target(
+            "overhead trio C=1000 b=32 vs anyio-event",
+            cell,
+            0.8,
+            use_ratio=True,
+            limit_text="≤ 0.8x",
+        )
+    )
+    for load in (0.3, 0.7, 0.9):
+        floor = _find(cells, "latency", "floor", "asyncio", "p99", load=load)
+        for backend in ("asyncio", "uvloop", "trio"):
+            mine = _find(cells, "latency", "batchscope", backend, "p99", load=load)
+            if backend == "trio" and mine is not None and floor is not None:
+                # No floor runs under Trio: compare with the asyncio floor of the same runs.
+                mine = Cell(**{**mine.__dict__, "ratio": mine.value / floor.value})
+            targets.append(
+                _target(
+                    f"latency p99 {backend} at {load:.0%} vs floor",
+                    mine,
+                    1.1,
+                    use_ratio=True,
+                    limit_text="≤ 1.1x",
+                    note="vs the asyncio floor" if backend == "trio" else "",
+                )
+            )
+    length = any(c.implementation == "batchscope[length]" for c in cells)
+    variant = "batchscope[length]" if length else "batchscope[fifo]"
+    note = "" if length else "policy='length' not implemented yet: FIFO figures"
+    for backend in ("asyncio", "trio"):
+        cell = _find(cells, "padding", variant, backend, "padding")
+        targets.append(
+            _target(
+                f"padding {backend} padded/real",
+                cell,
+                1.10,
+                use_ratio=False,
+                limit_text="≤ 1.10",
+                note=note,
+            )
+        )
+        cell = _find(cells, "padding", variant, backend, "throughput")
+        targets.append(
+            _target(
+                f"padding {backend} throughput vs offline sorted",
+                cell,
+                0.9,
+                use_ratio=True,
+                at_most=False,
+                limit_text="≥ 0.9x",
+                note=note,
+            )
+        )
+        cell = _find(cells, "fairness", variant, backend, "long_short")
+        targets.append(
+            _target(
+                f"fairness {backend} long/short p99 wait",
+                cell,
+                2.0,
+                use_ratio=False,
+                limit_text="≤ 2x",
+                note=note,
+            )
+        )
+    for backend in ("asyncio", "uvloop", "trio"):
+        own = _find(cells, "idle", "batchscope", backend, "scheduler_wakeups_per_s")
+        targets.append(
+            _target(
+                f"idle {backend} scheduler wake-ups/s", own, 0.0, use_ratio=False, limit_text="0"
+            )
+        )
+        net = _find(cells, "idle", "batchscope", backend, "net_wakeups_per_s")
+        if net is not None:
+            targets.append(
+                _target(
+                    f"idle {backend} loop wake-ups/s above baseline",
+                    net,
+                    0.5,
+                    use_ratio=False,
+                    limit_text="0 (< 0.5)",
+                )
+            )
+    targets.extend(
+        _target(
+            f"memory {cell.backend} {cell.implementation} peak RSS growth",
+            cell,
+            50.0,
+            use_ratio=False,
+            limit_text=f"≤ 50 MB ({cell.params.get('items')} items)",
+        )
+        for cell in cells
+        if cell.scenario == "memory" and cell.implementation.startswith("batchscope")
+    )
+    offline = [
+        c for c in cells if c.scenario == "realmodel" and c.implementation == "offline-sorted"
+    ]
+    one = [c for c in cells if c.scenario == "realmodel" and c.implementation == "one-at-a-time"]
+    for cell in cells:
+        if cell.scenario == "realmodel" and cell.implementation == "batchscope":
+            targets.append(
+                _target(
+                    f"real model {cell.backend} vs offline sorted",
+                    cell,
+                    0.9,
+                    use_ratio=True,
+                    at_most=False,
+                    limit_text="≥ 0.9x",
+                )
+            )
+            if one and offline:
+                vs_one = Cell(**{**cell.__dict__, "ratio": cell.value / one[0].value})
+                targets.append(
+                    _target(
+                        f"real model {cell.backend} vs one at a time",
+                        vs_one,
+                        1.6,
+                        use_ratio=True,
+                        at_most=False,
+                        limit_text="≥ 1.6x",
+                    )
+                )
+    return targets
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def write_markdown(
+    path: Path, cells: list[Cell], targets: list[Target], records: list[Record], header: str
+) -> None:
+    """The results page: machine, targets, one table per scenario, what was skipped."""
+    lines = [f"# batchscope benchmarks — {header}", ""]
+    lines += [
+        f"Machine: {platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}. Values are medians over runs; ratios are "
+        "medians of per-run ratios against the reference measured in the same run.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | limit | result | note |",
+        "|---|---|---|---|---|",
+    ]
+    for t in targets:
+        result = {True: "PASS", False: "**FAIL**", None: "n/a"}[t.passed]
+        lines.append(f"| {t.name} | {_fmt(t.measured)} | {t.limit} | {result} | {t.note} |")
+    order = ["overhead", "latency", "padding", "fairness", "idle", "memory", "realmodel"]
+    for scenario in order:
+        rows = [c for c in cells if c.scenario == scenario]
+        if not rows:
+            continue
+        lines += [
+            "",
+            f"## {scenario}",
+            "",
+            "| parameters | backend | implementation | metric | median | unit | ratio | vs "
+            "| note |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        rows.sort(key=lambda c: (_params(c.params), c.backend, c.metric, c.implementation))
+        for c in rows:
+            lines.append(
+                f"| {_params(c.params)} | {c.backend} | {c.implementation} | {c.metric} | "
+                f"{_fmt(c.value)} | {c.unit} | {_fmt(c.ratio)} | {c.reference or ''} | {c.note} |"
+            )
+    missing = [r for r in records if r.status != "ok"]
+    if missing:
+        lines += [
+            "",
+            "## Not measured",
+            "",
+            "| scenario | implementation | backend | status | why |",
+            "|---|---|---|---|---|",
+        ]
+        seen = set()
+        for r in missing:
+            key = (r.scenario, r.implementation, r.backend, r.status, r.note)
+            if key not in seen:
+                seen.add(key)
+                lines.append(
+                    f"| {r.scenario} | {r.implementation} | {r.backend} | {r.status} | "
+                    f"{r.note.replace('|', '/')} |"
+                )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
+def plot(directory: Path, cells: list[Cell]) -> list[Path]:
+    """PNG plots of overhead, latency, padding and idle cost; returns the files written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+
+    def bars(name: str, title: str, ylabel: str, data: dict[str, dict[str, float]]) -> None:
+        if not data:
+            return
+        fig, ax = plt.subplots(figsize=(8, 4))
+        series = sorted({impl for per in data.values() for impl in per})
+        width = 0.8 / max(1, len(data))
+        for index, (backend, per) in enumerate(sorted(data.items())):
+            xs = [i + index * width for i in range(len(series))]
+            ax.bar(xs, [per.get(s, 0.0) for s in series], width, label=backend)
+        ax.set_xticks([i + width * (len(data) - 1) / 2 for i in range(len(series))])
+        ax.set_xticklabels(series, rotation=20, ha="right")
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        fig.tight_layout()
+        target = directory / name
+        fig.savefig(target, dpi=100)
+        plt.close(fig)
+        written.append(target)
+
+    overhead: dict[str, dict[str, float]] = defaultdict(dict)
+    idle: dict[str, dict[str, float]] = defaultdict(dict)
+    pad: dict[str, dict[str, float]] = defaultdict(dict)
+    # The headline overhead point: C=1000, batch 32, or the smallest one measured.
+    points = sorted(
+        (c.params.get("callers") != 1000, c.params.get("batch") != 32, _params(c.params))
+        for c in cells
+        if c.scenario == "overhead"
+    )
+    headline = points[0][2] if points else None
+    for c in cells:
+        if c.scenario == "overhead" and _params(c.params) == headline:
+            overhead[c.backend][c.implementation] = c.value
+        if c.scenario == "idle" and c.metric == "loop_wakeups_per_s":
+            idle[c.backend][c.implementation] = c.value
+        if c.scenario == "padding" and c.metric == "throughput" and c.ratio is not None:
+            pad[c.backend][c.implementation] = c.ratio
+    bars("overhead.png", f"Per-item overhead, identity fn ({headline})", "µs per item", overhead)
+    bars("idle.png", "Event-loop wake-ups per second while idle", "wake-ups/s", idle)
+    bars("padding.png", "NumPy model throughput vs offline sorted batches", "ratio", pad)
+
+    lat = [
+        c for c in cells if c.scenario == "latency" and c.metric == "p99" and math.isfinite(c.value)
+    ]
+    backends = sorted({c.backend for c in lat})
+    if backends:
+        fig, axes = plt.subplots(1, len(backends), figsize=(5 * len(backends), 4), squeeze=False)
+        for ax, backend in zip(axes[0], backends, strict=True):
+            for impl in sorted({c.implementation for c in lat if c.backend == backend}):
+                points = sorted(
+                    (c.params["load"], c.value)
+                    for c in lat
+                    if c.backend == backend and c.implementation == impl
+                )
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=impl)
+            ax.set_yscale("log")
+            ax.set_title(f"p99 latency, Poisson arrivals ({backend})")
+            ax.set_xlabel("load (fraction of capacity)")
+            ax.set_ylabel("ms")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        target = directory / "latency.png"
+        fig.savefig(target, dpi=100)
+        plt.close(fig)
+        written.append(target)
+    return written
