@@ -7,9 +7,13 @@ into batches, calls one batch function per batch, and hands every caller its own
 
 from __future__ import annotations
 
+from ._blocking import BlockingBatchScope as BlockingBatchScope
 from ._cache import MISSING as MISSING
 from ._cache import AsyncCache as AsyncCache
 from ._config import ScopeConfig as ScopeConfig
+from ._decorator import BatchedFunction as BatchedFunction
+from ._decorator import BatchedMethod as BatchedMethod
+from ._decorator import batch as batch
 from ._exceptions import BatchScopeError as BatchScopeError
 from ._exceptions import BatchSizeMismatchError as BatchSizeMismatchError
 from ._exceptions import CircuitOpenError as CircuitOpenError
@@ -38,6 +42,9 @@ __all__ = [
     "BatchSizeMismatchError",
     "BatchStarted",
     "BatchStatistics",
+    "BatchedFunction",
+    "BatchedMethod",
+    "BlockingBatchScope",
     "CircuitBreaker",
     "CircuitOpenError",
     "Collator",
@@ -51,6 +58,7 @@ __all__ = [
     "Retry",
     "ScopeClosedError",
     "ScopeConfig",
+    "batch",
 ]
 
 __version__ = "0.1.0"
