@@ -1,5 +1,5 @@
 """
-Result cache and in-flight deduplication keys.
+The cache and in-flight deduplication in front of the queue.
 
 ``cache=`` takes any ``MutableMapping`` (``cachetools.LRUCache``, ``TTLCache``, a dict),
 used synchronously on the event loop, or an object with ``async get(key)`` (returning
@@ -10,10 +10,22 @@ the queue; a cached ``None`` is a hit; failures are never cached.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Hashable, MutableMapping
-from typing import Any, Final, Protocol, cast, final
+import logging
+from collections.abc import Callable, Hashable, MutableMapping
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar, cast, final
 
-__all__ = ["MISSING", "AsyncCache", "CacheAdapter", "Missing"]
+import anyio
+import anyio.lowlevel
+
+from ._pending import DONE, EXPIRED, POOLED, QUEUED, RUNNING, Item, WaitedItem
+
+if TYPE_CHECKING:
+    from ._scope import BatchScope
+
+__all__ = ["MISSING", "AsyncCache", "CacheAdapter", "CacheFront", "Missing"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 @final
@@ -92,3 +104,123 @@ class CacheAdapter:
             await cast(AsyncCache, self._cache).set(key, value)
         else:
             self.set_nowait(key, value)
+
+
+class CacheFront(Generic[In, Out]):
+    """
+    What stands between ``submit`` and the queue when a scope has a cache or a ``key``.
+
+    A hit is answered at once (the queue never sees it). With ``key=``, a submit whose
+    key is already pending or running does not queue a second item: it waits for the
+    same one, which counts one more waiter (``Item.waiters``); the item is withdrawn or
+    its batch abandoned only when its last waiter has left. Results are cached when the
+    batch ends; failures never are.
+    """
+
+    def __init__(
+        self, scope: BatchScope[In, Out], cache: object, key: Callable[[In], Hashable] | None
+    ) -> None:
+        self._scope = scope
+        self._cache = None if cache is None else CacheAdapter(cache)
+        self._key_fn = key
+        #: Leaders of in-flight deduplicated keys.
+        self._inflight: dict[Hashable, WaitedItem[In, Out]] = {}
+
+    def forget(self, item: Item[In, Out]) -> None:
+        """Drop *item* from the in-flight keys, if it leads one."""
+        if item.key is not None and self._inflight.get(item.key) is item:
+            del self._inflight[item.key]
+
+    async def settle(self, items: list[Item[In, Out]]) -> None:
+        """After a batch: cache the successes, release the in-flight keys."""
+        cache = self._cache
+        for item in items:
+            key = item.key
+            if key is None:
+                continue
+            self.forget(item)
+            if cache is not None and item.state == DONE and item.error is None:
+                try:
+                    await cache.set(key, item.result)
+                except Exception:
+                    self._scope._log.log(
+                        logging.ERROR,
+                        "cache-set",
+                        "batchscope: storing a result in the cache failed",
+                        exc=True,
+                    )
+
+    def _key_of(self, value: In) -> Hashable:
+        key_fn = self._key_fn
+        key = value if key_fn is None else key_fn(value)
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(
+                f"the cache key of this item ({type(key).__name__}) is not hashable; "
+                f"pass key= to BatchScope to derive a hashable key"
+            ) from None
+        return key
+
+    async def lookup(self, value: In) -> tuple[Hashable, Any]:
+        """The item's key and its cached result (MISSING on a miss); counts hits, misses."""
+        key = self._key_of(value)
+        cache = self._cache
+        if cache is None:
+            return key, MISSING
+        hit = cache.get_nowait(key) if not cache.is_async else await cache.get(key)
+        recorder = self._scope._recorder
+        if hit is MISSING:
+            recorder.cache_misses += 1
+        else:
+            recorder.cache_hits += 1
+        return key, hit
+
+    async def submit(self, item: In, priority: float) -> Out:
+        """``submit()`` through the cache and in-flight deduplication."""
+        scope = self._scope
+        if scope._state != "open":
+            raise scope._closed_now()
+        recorder = scope._recorder
+        recorder.submitted += 1
+        try:
+            key, hit = await self.lookup(item)
+        except Exception:
+            scope._reject("bad_key")
+            raise
+        except BaseException:
+            recorder.cancelled += 1  # cancelled during an async cache look-up
+            raise
+        if hit is not MISSING:
+            recorder.completed += 1
+            await anyio.lowlevel.checkpoint()
+            return cast(Out, hit)
+        deadline = scope._deadline()
+        waited: WaitedItem[In, Out]
+        leader = self._inflight.get(key) if self._key_fn is not None else None
+        if leader is not None and leader.state in (QUEUED, POOLED, EXPIRED, RUNNING):
+            # Someone is computing this key already: wait for the same item.
+            recorder.deduplicated += 1
+            leader.waiters += 1
+            if leader.state == RUNNING:
+                recorder.running += 1
+            else:
+                recorder.pending += 1
+            if deadline > leader.deadline:
+                leader.deadline = deadline
+                # Set aside for the first caller's deadline? This one can wait longer.
+                scope._scheduler.revive_now(leader)
+            waited = leader
+        else:
+            cost = await scope._admit(item, count=False)
+            waited = WaitedItem(item, priority, cost, scope._clock(), deadline, scope._new_event())
+            waited.key = key
+            if self._key_fn is not None:
+                self._inflight[key] = waited
+            scope._queue(waited)
+        try:
+            await waited.event.wait()
+        except BaseException:
+            scope._leave(waited)
+            raise
+        return waited.outcome()

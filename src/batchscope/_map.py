@@ -34,8 +34,9 @@ Out = TypeVar("Out")
 
 async def _counted_lookup(scope: BatchScope[In, Out], value: In) -> tuple[Any, Any]:
     """Cache look-up for one item of many; a bad key counts as a refused submit."""
+    assert scope._front is not None
     try:
-        return await scope._lookup(value)
+        return await scope._front.lookup(value)
     except Exception:
         scope._recorder.submitted += 1
         scope._reject("bad_key")
@@ -68,7 +69,7 @@ async def gather(
         for index, value in enumerate(values):
             try:
                 key = None
-                if scope._keyed:
+                if scope._front is not None:
                     key, hit = await _counted_lookup(scope, value)
                     if hit is not MISSING:
                         scope._recorder.submitted += 1
@@ -84,8 +85,8 @@ async def gather(
                 outcomes[index] = exc
                 remaining -= 1
                 continue
-            item = CallbackItem[In, Out](
-                value, 0, cost, anyio.current_time(), deadline, index, on_done
+            item: CallbackItem[In, Out] = CallbackItem(
+                value, 0, cost, scope._clock(), deadline, index, on_done
             )
             item.key = key
             scope._queue(item)
@@ -180,29 +181,28 @@ class MapIterator(Generic[In, Out]):
             await window.acquire()
         scope = self._scope
         key = None
+        item: CallbackItem[In, Out]
         try:
-            if scope._keyed:
+            if scope._front is not None:
                 key, hit = await _counted_lookup(scope, value)
                 if hit is not MISSING:
                     scope._recorder.submitted += 1
                     scope._recorder.completed += 1
-                    item = CallbackItem[In, Out](value, 0, 0.0, 0.0, deadline, index, self._on_done)
+                    item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, self._on_done)
                     self._outstanding[index] = item
                     item.succeed(hit)
                     return True
             cost = await scope._admit(value)
         except (BatchScopeError, ValueError, TypeError) as exc:
             # Refused (queue full, scope closed, too large, bad cost): reported in its turn.
-            item = CallbackItem[In, Out](value, 0, 0.0, 0.0, deadline, index, self._on_done)
+            item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, self._on_done)
             self._outstanding[index] = item
             item.fail(exc)  # reported to the consumer in its turn
             return not isinstance(exc, ScopeClosedError)
         except BaseException:
             window.release()
             raise
-        item = CallbackItem[In, Out](
-            value, 0, cost, anyio.current_time(), deadline, index, self._on_done
-        )
+        item = CallbackItem(value, 0, cost, scope._clock(), deadline, index, self._on_done)
         item.key = key
         self._outstanding[index] = item
         scope._queue(item)

@@ -152,10 +152,16 @@ class WaitedItem(Item[In, Out]):
     __slots__ = ("event",)
 
     def __init__(
-        self, value: In, priority: float, cost: float, arrival: float, deadline: float
+        self,
+        value: In,
+        priority: float,
+        cost: float,
+        arrival: float,
+        deadline: float,
+        event: anyio.Event,
     ) -> None:
         super().__init__(value, priority, cost, arrival, deadline)
-        self.event = anyio.Event()
+        self.event = event
 
     def _notify(self) -> None:
         self.event.set()

@@ -29,13 +29,12 @@ from datetime import timedelta
 from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 import anyio
-import anyio.lowlevel
 import attrs
 from anyio import AsyncContextManagerMixin, WouldBlock
 from anyio.abc import TaskGroup
 
 from ._bucketing import LengthPool
-from ._cache import MISSING, AsyncCache, CacheAdapter
+from ._cache import AsyncCache, CacheFront
 from ._config import CostMode, OnFull, Oversize, Policy, ScopeConfig, check_int
 from ._exceptions import (
     CircuitOpenError,
@@ -49,7 +48,6 @@ from ._hooks import HookRunner, Hooks, RateLimitedLog
 from ._map import MapIterator, gather
 from ._pending import (
     ABANDONED,
-    DONE,
     EXPIRED,
     POOLED,
     QUEUED,
@@ -90,6 +88,22 @@ def _hook_runner(hooks: object, log: RateLimitedLog) -> HookRunner | None:
                 f"'hooks' must be a batchscope.Hooks or a list of them, got {type(hook).__name__}"
             )
     return HookRunner(cast("Sequence[Hooks]", listed), log) if listed else None
+
+
+def _backend_calls() -> tuple[Callable[[], float], Callable[[], float], Callable[[], anyio.Event]]:
+    """
+    The running backend's clock, effective deadline and event factory, looked up once.
+
+    ``anyio.current_time()`` and friends find the backend on every call (sniffio, a
+    dict): on the per-item path that is a microsecond per item each. A scope belongs to
+    one event loop, so it asks once, when it opens.
+    """
+    try:
+        from anyio._core._eventloop import get_async_backend
+    except ImportError:  # pragma: no cover - a future AnyIO that moved it
+        return anyio.current_time, anyio.current_effective_deadline, anyio.Event
+    backend = get_async_backend()
+    return backend.current_time, backend.current_effective_deadline, backend.create_event
 
 
 def _check_priority(priority: object) -> None:
@@ -272,11 +286,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             cache=cache,
             key=key,
         )
-        self._cache = None if cache is None else CacheAdapter(cache)
-        #: Whether items carry a key (cache or deduplication).
-        self._keyed = cache is not None or key is not None
-        #: Leaders of in-flight deduplicated keys.
-        self._inflight: dict[Hashable, WaitedItem[In, Out]] = {}
+        #: The cache and in-flight deduplication in front of the queue (None without).
+        self._front: CacheFront[In, Out] | None = None
+        if cache is not None or key is not None:
+            self._front = CacheFront(self, cache, key)
         self._breaker = None if circuit_breaker is None else BreakerState(circuit_breaker)
         self._log = RateLimitedLog()
         self._hooks = _hook_runner(hooks, self._log)
@@ -288,6 +301,9 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         self._maps: set[MapIterator[In, Out]] = set()
         # Created when the scope opens: they belong to its event loop.
         self._send: Any = None
+        self._clock: Callable[[], float] = anyio.current_time
+        self._deadline: Callable[[], float] = anyio.current_effective_deadline
+        self._new_event: Callable[[], anyio.Event] = anyio.Event
         self._room: anyio.Semaphore
         self._task_group: TaskGroup
         self._executor: Executor[In, Out]
@@ -311,6 +327,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
     async def __asynccontextmanager__(self) -> AsyncGenerator[BatchScope[In, Out], None]:
         if self._state is not _NEW:
             raise RuntimeError("a BatchScope can be opened only once; create a new one")
+        self._clock, self._deadline, self._new_event = _backend_calls()
         send, receive = anyio.create_memory_object_stream[Item[In, Out]](math.inf)
         self._send = send
         self._room = anyio.Semaphore(self._config.max_queue_size)
@@ -523,7 +540,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 self._scheduler.pool.discard(item)
             item.state = WITHDRAWN
             self._room.release()
-            self._forget(item)
+            if self._front is not None:
+                self._front.forget(item)
         elif state == RUNNING:
             recorder.running -= 1
             recorder.cancelled += 1
@@ -534,98 +552,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             batch = item.batch
             batch.live -= 1
             self._executor.cancel_if_abandoned(batch)
-            self._forget(item)
-
-    def _forget(self, item: Item[In, Out]) -> None:
-        """Drop *item* from the in-flight keys, if it leads one."""
-        if item.key is not None and self._inflight.get(item.key) is item:
-            del self._inflight[item.key]
-
-    async def _settle(self, items: list[Item[In, Out]]) -> None:
-        """After a batch: cache the successes, release the in-flight keys."""
-        cache = self._cache
-        for item in items:
-            key = item.key
-            if key is None:
-                continue
-            self._forget(item)
-            if cache is not None and item.state == DONE and item.error is None:
-                try:
-                    await cache.set(key, item.result)
-                except Exception:
-                    logger.exception("batchscope: storing a result in the cache failed")
-
-    def _key_of(self, value: In) -> Hashable:
-        key_fn = self._config.key
-        key = value if key_fn is None else key_fn(value)
-        try:
-            hash(key)
-        except TypeError:
-            raise TypeError(
-                f"the cache key of this item ({type(key).__name__}) is not hashable; "
-                f"pass key= to BatchScope to derive a hashable key"
-            ) from None
-        return key
-
-    async def _lookup(self, value: In) -> tuple[Hashable, Any]:
-        """The item's key and its cached result (MISSING on a miss); counts hits, misses."""
-        key = self._key_of(value)
-        cache = self._cache
-        if cache is None:
-            return key, MISSING
-        hit = cache.get_nowait(key) if not cache.is_async else await cache.get(key)
-        if hit is MISSING:
-            self._recorder.cache_misses += 1
-        else:
-            self._recorder.cache_hits += 1
-        return key, hit
-
-    async def _submit_keyed(self, item: In, priority: float) -> Out:
-        """submit() with a cache and/or in-flight deduplication."""
-        if self._state is not _OPEN:
-            raise self._closed_now()
-        recorder = self._recorder
-        recorder.submitted += 1
-        try:
-            key, hit = await self._lookup(item)
-        except Exception:
-            self._reject("bad_key")
-            raise
-        except BaseException:
-            recorder.cancelled += 1  # cancelled during an async cache look-up
-            raise
-        if hit is not MISSING:
-            recorder.completed += 1
-            await anyio.lowlevel.checkpoint()
-            return cast(Out, hit)
-        deadline = anyio.current_effective_deadline()
-        leader = self._inflight.get(key) if self._config.key is not None else None
-        if leader is not None and leader.state in (QUEUED, POOLED, EXPIRED, RUNNING):
-            # Someone is computing this key already: wait for the same item.
-            recorder.deduplicated += 1
-            leader.waiters += 1
-            if leader.state == RUNNING:
-                recorder.running += 1
-            else:
-                recorder.pending += 1
-            if deadline > leader.deadline:
-                leader.deadline = deadline
-                # Set aside for the first caller's deadline? This one can wait longer.
-                self._scheduler.revive_now(leader)
-            waited = leader
-        else:
-            cost = await self._admit(item, count=False)
-            waited = WaitedItem[In, Out](item, priority, cost, anyio.current_time(), deadline)
-            waited.key = key
-            if self._config.key is not None:
-                self._inflight[key] = waited
-            self._queue(waited)
-        try:
-            await waited.event.wait()
-        except BaseException:
-            self._leave(waited)
-            raise
-        return waited.outcome()
+            if self._front is not None:
+                self._front.forget(item)
 
     async def submit(self, item: In, *, priority: float = 0) -> Out:
         """
@@ -664,11 +592,11 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         .. versionadded:: 0.1.0
         """
         _check_priority(priority)
-        if self._keyed:
-            return await self._submit_keyed(item, priority)
+        if self._front is not None:
+            return await self._front.submit(item, priority)
         cost = await self._admit(item)
-        waited = WaitedItem[In, Out](
-            item, priority, cost, anyio.current_time(), anyio.current_effective_deadline()
+        waited: WaitedItem[In, Out] = WaitedItem(
+            item, priority, cost, self._clock(), self._deadline(), self._new_event()
         )
         self._queue(waited)
         try:
