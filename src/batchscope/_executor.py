@@ -215,8 +215,8 @@ class Executor(Generic[In, Out]):
             scope._scheduler.slot_freed()
             if batch.started is not None and scope._hooks is not None:
                 scope._hooks.call("batch_finished", _finished(batch, ended - started, ended))
-        if scope._keyed:
-            await scope._settle(items)
+        if scope._front is not None:
+            await scope._front.settle(items)
 
     async def _execute(self, batch: Batch[In, Out]) -> None:
         """End every item of *batch*: through the breaker, retries and isolation."""

@@ -246,7 +246,7 @@ class Scheduler(Generic[In, Out]):
         scope = self._scope
         recorder = scope._recorder
         size = len(items)
-        callers = size if not scope._keyed else sum(item.waiters for item in items)
+        callers = size if scope._front is None else sum(item.waiters for item in items)
         recorder.pending -= callers
         recorder.running += callers
         recorder.in_flight += 1
