@@ -29,10 +29,12 @@ def _expose_pyenv_interpreters() -> None:
     Make ``python3.X`` resolve for every installed pyenv version we test on.
 
     pyenv's shims only run versions named in PYENV_VERSION (or the global one); list
-    them all, the current one first so ``python``/``python3`` keep meaning what they did.
+    them all, those already named first so ``python``/``python3`` keep meaning what they
+    did. (A Python started through a pyenv shim already has PYENV_VERSION set to its own
+    version: extend it, never take it as the whole list.)
     """
     pyenv = shutil.which("pyenv")
-    if pyenv is None or "PYENV_VERSION" in os.environ:
+    if pyenv is None:
         return
 
     def ask(*args: str) -> list[str]:
@@ -43,7 +45,8 @@ def _expose_pyenv_interpreters() -> None:
         patches = [v for v in installed if re.fullmatch(rf"{re.escape(minor)}\.\d+", v)]
         return max(patches, key=lambda v: int(v.rsplit(".", 1)[1]), default=None)
 
-    current = ask("version-name")[:1]
+    named = os.environ.get("PYENV_VERSION")
+    current = named.split(":") if named else ask("version-name")[:1]
     installed = ask("versions", "--bare")
     wanted = [v for v in map(newest, PYTHONS) if v is not None]
     versions = [*current, *(v for v in wanted if v not in current)]
