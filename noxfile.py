@@ -177,3 +177,12 @@ def realmodel(session: nox.Session) -> None:
         *session.posargs,
         env={"HF_HUB_OFFLINE": "1"},
     )
+
+
+@nox.session(python="3.11")  # Ray's wheels lag new Pythons; measured here on 3.11
+def distributed(session: nox.Session) -> None:
+    """Opt-in: batchscope.ray against a local Ray cluster bound to 127.0.0.1 (~500 MB)."""
+    session.install("-e", ".[test,trio,numpy,ray]")
+    session.env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray reads it at import
+    session.run("pytest", "tests/test_ray.py", "-v", *session.posargs)
+    session.run("python", "examples/ray_replicas.py", "--items", "1000")

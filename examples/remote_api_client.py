@@ -135,15 +135,19 @@ def scope_options() -> dict[str, Any]:
     """
     The options of the BatchScope in front of the remote API, kept in one place.
 
-    Resilience toward the remote service (retrying failed calls, a circuit breaker, a
-    rate limit matching its quota) belongs here too, as options of the scope: the batch
-    function above makes one attempt and raises on failure, so a policy applied by the
-    scope sees every failure, batch by batch.
+    The batch function above makes one attempt and raises on failure; resilience toward
+    the remote service is the scope's: transient HTTP failures are retried with backoff,
+    a breaker stops hammering an API that keeps failing, and a rate limit keeps within
+    its quota (requests per second and tokens per minute).
     """
     return {
         "max_batch_size": MAX_INPUTS_PER_CALL,  # the API's own limit per call
         "max_wait": 0.010,
         "max_concurrent_batches": 4,  # calls in flight at once
+        "cost": len,  # tokens, for the per-minute quota
+        "retry": bs.Retry(attempts=3, on=httpx.TransportError, wait_initial=0.05, wait_max=0.5),
+        "circuit_breaker": bs.CircuitBreaker(failure_threshold=5, reset_timeout=5.0),
+        "rate_limit": bs.RateLimit(batches_per_second=200, cost_per_minute=6_000_000),
     }
 
 
