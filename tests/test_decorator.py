@@ -317,3 +317,24 @@ async def test_method_of_unhashable_instances() -> None:
         assert await one.shift(1) == 2
         with pytest.raises(bs.NoActiveScopeError):
             await two.shift(1)
+
+
+@pytest.mark.anyio
+async def test_method_cache_entries_are_per_instance() -> None:
+    """One cache= on a batched method never answers one instance with another's result."""
+    cache: dict[object, object] = {}
+
+    class Scaler:
+        def __init__(self, factor: int) -> None:
+            self.factor = factor
+
+        @bs.batch(max_wait=0, cache=cache)
+        async def scale(self, items: list[int]) -> list[int]:
+            return [x * self.factor for x in items]
+
+    a, b = Scaler(1), Scaler(100)
+    async with a.scale.serving(), b.scale.serving():
+        assert await a.scale(2) == 2
+        assert await b.scale(2) == 200
+        assert await a.scale(2) == 2  # from the cache, a's own entry
+    assert sorted(cache.values()) == [2, 200]  # type: ignore[type-var]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Hashable, MutableMapping
+from collections.abc import Callable, Hashable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar, cast, final
 
 import anyio
@@ -22,7 +22,7 @@ from ._pending import DONE, EXPIRED, POOLED, QUEUED, RUNNING, Item, WaitedItem
 if TYPE_CHECKING:
     from ._scope import BatchScope
 
-__all__ = ["MISSING", "AsyncCache", "CacheAdapter", "CacheFront", "Missing"]
+__all__ = ["MISSING", "AsyncCache", "CacheAdapter", "CacheFront", "Missing", "namespaced"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -104,6 +104,59 @@ class CacheAdapter:
             await cast(AsyncCache, self._cache).set(key, value)
         else:
             self.set_nowait(key, value)
+
+
+class _NamespacedMapping(MutableMapping[Hashable, Any]):
+    """A view of a mapping whose keys are ``(namespace, key)`` underneath."""
+
+    def __init__(self, mapping: MutableMapping[Hashable, Any], namespace: object) -> None:
+        self._mapping = mapping
+        self._namespace = namespace
+
+    def __getitem__(self, key: Hashable) -> Any:
+        return self._mapping[(self._namespace, key)]
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        self._mapping[(self._namespace, key)] = value
+
+    def __delitem__(self, key: Hashable) -> None:
+        del self._mapping[(self._namespace, key)]
+
+    def __iter__(self) -> Iterator[Hashable]:
+        for stored in list(self._mapping):
+            if isinstance(stored, tuple):
+                pair = cast("tuple[object, ...]", stored)
+                if len(pair) == 2 and pair[0] is self._namespace:
+                    yield cast(Hashable, pair[1])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _NamespacedAsyncCache:
+    """An async cache whose keys are ``(namespace, key)`` underneath."""
+
+    def __init__(self, cache: AsyncCache, namespace: object) -> None:
+        self._cache = cache
+        self._namespace = namespace
+
+    async def get(self, key: Any) -> Any:
+        return await self._cache.get((self._namespace, key))
+
+    async def set(self, key: Any, value: Any) -> None:
+        await self._cache.set((self._namespace, key), value)
+
+
+def namespaced(cache: object, namespace: object) -> object:
+    """
+    *cache* seen through keys ``(namespace, key)``: one shared cache, separate entries.
+
+    What a batched method's instances use, so that one instance's result never answers
+    another instance's call.
+    """
+    if CacheAdapter(cache).is_async:
+        return _NamespacedAsyncCache(cast(AsyncCache, cache), namespace)
+    return _NamespacedMapping(cast("MutableMapping[Hashable, Any]", cache), namespace)
 
 
 class CacheFront(Generic[In, Out]):

@@ -25,6 +25,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Seque
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, Literal, TypeVar, cast, overload
 
+from ._cache import namespaced
 from ._exceptions import NoActiveScopeError
 from ._scope import BatchScope
 from ._statistics import BatchStatistics
@@ -346,7 +347,12 @@ class BatchedMethod(Generic[T, In, Out]):
                         f"to use the batched method {self._fn.__name__!r}: add '__weakref__' "
                         f"to __slots__"
                     ) from None
-                bound = BatchedFunction[In, Out](self._fn, self._options, instance=ref)
+                options = self._options
+                if options.get("cache") is not None:
+                    # One cache for the method, but entries of their own per instance:
+                    # instances compute differently, so never answer one with another's.
+                    options = {**options, "cache": namespaced(options["cache"], object())}
+                bound = BatchedFunction[In, Out](self._fn, options, instance=ref)
                 self._bound[key] = bound
                 # Runs while the instance is being freed, before its id can be reused.
                 weakref.finalize(instance, self._bound.pop, key, None).atexit = False

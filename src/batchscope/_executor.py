@@ -269,7 +269,7 @@ class Executor(Generic[In, Out]):
                 self._scope._log.log(
                     logging.WARNING,
                     f"fn-raised:{type(exc).__name__}",
-                    "batchscope: the batch function raised %s for a batch of %d items%s",
+                    "batchscope: the batch function raised %s for a batch of %d item(s)%s",
                     type(exc).__name__,
                     len(live),
                     "; isolating the failing items" if config.isolate_failures else "",

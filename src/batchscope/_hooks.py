@@ -88,7 +88,7 @@ class Hooks:
 
     def item_rejected(self, reason: str) -> None:
         """A submit was refused before queueing: ``queue_full``, ``closed``,
-        ``too_large``, ``bad_cost``, ``circuit_open``."""
+        ``too_large``, ``bad_cost``, ``bad_key``, ``circuit_open``."""
 
     def item_cancelled(self, dispatched: bool) -> None:
         """A caller left before its item ended (before or after dispatch)."""

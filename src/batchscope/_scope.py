@@ -500,6 +500,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 await self._room.acquire()
             except BaseException:
                 recorder.cancelled += 1
+                if self._hooks is not None:
+                    self._hooks.call("item_cancelled", False)
                 raise
             if self._state is not _OPEN:
                 self._room.release()  # pass the wake-up on to the next waiter

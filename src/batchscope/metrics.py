@@ -152,7 +152,8 @@ class PrometheusHooks(Hooks):
         return self._metrics[name].labels(scope=self.name, **labels)
 
     def scope_opened(self, scope: BatchScope[Any, Any]) -> None:
-        self._m("pending").set_function(lambda: scope.statistics().pending)
+        recorder = scope._recorder  # a plain counter: scrapes must stay cheap
+        self._m("pending").set_function(lambda: recorder.pending)
 
     def scope_closed(self, scope: BatchScope[Any, Any]) -> None:
         self._m("pending").set_function(lambda: 0)
@@ -213,7 +214,7 @@ class OpenTelemetryHooks(Hooks):
             "batchscope.item.latency", unit="s", description="Time from submit to result."
         )
         self._batches = meter.create_counter(
-            "batchscope.batches", unit="{batch}", description="Batches, by reason and outcome."
+            "batchscope.batches", unit="{batch}", description="Batches, by release reason."
         )
         self._items = meter.create_counter(
             "batchscope.items", unit="{item}", description="Items ended or refused, by outcome."
@@ -227,7 +228,7 @@ class OpenTelemetryHooks(Hooks):
         self._observation = metrics.Observation
 
     def _observe_pending(self, options: Any) -> list[Any]:
-        pending = sum(scope.statistics().pending for scope in self._scopes)
+        pending = sum(scope._recorder.pending for scope in self._scopes)
         return [self._observation(pending, self._attributes)]
 
     def _with(self, **extra: str) -> dict[str, str]:
