@@ -127,7 +127,7 @@ class _NamespacedMapping(MutableMapping[Hashable, Any]):
             if isinstance(stored, tuple):
                 pair = cast("tuple[object, ...]", stored)
                 if len(pair) == 2 and pair[0] is self._namespace:
-                    yield cast(Hashable, pair[1])
+                    yield pair[1]
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
