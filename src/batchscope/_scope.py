@@ -107,6 +107,8 @@ def _backend_calls() -> tuple[Callable[[], float], Callable[[], float], Callable
 
 
 def _check_priority(priority: object) -> None:
+    if type(priority) is int or type(priority) is float:
+        return  # the common case, without the ABC check below (per-item path)
     if isinstance(priority, bool) or not isinstance(priority, numbers.Real):
         raise TypeError(f"'priority' must be a number, not {type(priority).__name__}")
 
