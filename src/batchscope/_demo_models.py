@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,7 +73,7 @@ def count_words(text: str) -> int:
     return text.count(" ") + 1
 
 
-class DemoModel:
+class DemoModel(ABC):
     """
     One device, one call at a time, and counters of what it was asked to compute.
 
@@ -118,8 +119,9 @@ class DemoModel:
         self.padded_tokens += len(batch) * max(lengths)
         return results
 
+    @abstractmethod
     async def _run(self, batch: list[str], padded_length: int) -> list[Any]:
-        raise NotImplementedError
+        """Compute one batch padded to *padded_length* tokens (the device is held)."""
 
 
 class SimulatedModel(DemoModel):
