@@ -58,11 +58,23 @@ class AsyncCache(Protocol):
     """
 
     async def get(self, key: Any) -> Any:
-        """Return the value stored for *key*, or :data:`MISSING`."""
+        """
+        Return the value stored for *key*, or :data:`MISSING`.
+
+        Cancellation:
+            The caller of ``submit`` is cancelled while waiting: nothing is queued and
+            the submit counts as cancelled.
+        """
         ...
 
     async def set(self, key: Any, value: Any) -> None:
-        """Store *value* for *key*."""
+        """
+        Store *value* for *key*.
+
+        Cancellation:
+            Called from the batch's task after every caller has its result; cancelled
+            only when the scope is, and then the value is simply not stored.
+        """
         ...
 
 

@@ -68,11 +68,22 @@ class Collator(Protocol[In, Out_co]):
     """
 
     async def collate(self, items: list[In]) -> tuple[Any, Any]:
-        """Return ``(input for fn, context for split)`` for *items*."""
+        """
+        Return ``(input for fn, context for split)`` for *items*.
+
+        Cancellation:
+            Runs in the batch's task: cancelled when the batch is (its callers all left,
+            ``batch_timeout``, the scope closing); fn is then not called.
+        """
         ...
 
     async def split(self, output: Any, context: Any) -> Sequence[Out_co | Exception]:
-        """Return one result per item from fn's *output*."""
+        """
+        Return one result per item from fn's *output*.
+
+        Cancellation:
+            As for :meth:`collate`; results not yet handed out are dropped.
+        """
         ...
 
 

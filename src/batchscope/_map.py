@@ -254,6 +254,19 @@ class MapIterator(Generic[In, Out]):
         return self
 
     async def __anext__(self) -> Out | BaseException:
+        """
+        The next result (in input order, or as completed with ``ordered=False``).
+
+        Raises:
+            StopAsyncIteration: Every item of the source has been handed out.
+            Exception: An item's exception (without ``return_exceptions``), which also
+                closes the stream; or the source's own exception, after the results of
+                the items before it.
+
+        Cancellation:
+            Closes the stream: the feeder stops, items still queued are withdrawn and
+            the results of running ones are dropped; the cancellation propagates.
+        """
         if self._closed:
             raise StopAsyncIteration
         if not self._started:

@@ -63,6 +63,15 @@ class FakeBatchFunction(Generic[In, Out]):
         return [item for batch in self.batches for item in batch]
 
     async def __call__(self, items: list[In]) -> list[Out | Exception]:
+        """
+        Record *items* as a batch, take ``delay`` seconds, return their results.
+
+        Raises:
+            BaseException: The exception ``raise_on`` gives for an item of the batch.
+
+        Cancellation:
+            During the delay: counted in :attr:`cancelled_calls` and propagated.
+        """
         self.batches.append(list(items))
         self.call_times.append(anyio.current_time())
         try:
