@@ -80,11 +80,11 @@ class PaddedDict(Mapping[str, Any]):
     def __init__(self, arrays: dict[str, Any], *, lengths: Any, mask: Any, num_items: int) -> None:
         self._arrays = arrays
         #: Each row's real length, shape ``(rows,)``, int64.
-        self.lengths = lengths
+        self.lengths: Any = lengths
         #: Boolean ``(rows, padded_length)``, True where a row holds real data.
-        self.mask = mask
+        self.mask: Any = mask
         #: Real items in the batch (the first rows).
-        self.num_items = num_items
+        self.num_items: int = num_items
 
     def __getitem__(self, key: str) -> Any:
         return self._arrays[key]
