@@ -287,8 +287,8 @@ class PoolBase:
     """
 
     def __init__(self) -> None:
-        self.live = 0
-        self.pending_cost = 0.0
+        self.live: int = 0
+        self.pending_cost: float = 0.0
         self.expired: list[Item[Any, Any]] = []
         self._order: deque[Item[Any, Any]] = deque()
         self._deadlines: list[tuple[float, int, Item[Any, Any]]] = []
