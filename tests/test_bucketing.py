@@ -192,3 +192,24 @@ def test_withdrawn_items_are_compacted() -> None:
     assert len(pool._order) < 200
     assert sum(len(b) for b in pool._buckets.values()) < 200
     assert all(i.state == POOLED for i in items[-10:])
+
+
+def test_fifo_cost_check_is_constant_per_arrival(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FIFO with a cost budget never recounts the forming batch per arrival (O(1) each)."""
+    from batchscope import _pending
+
+    checks = 0
+    fits = _pending.Budget.fits
+
+    def counting_fits(self: _pending.Budget, cost: float) -> bool:
+        nonlocal checks
+        checks += 1
+        return fits(self, cost)
+
+    monkeypatch.setattr(_pending.Budget, "fits", counting_fits)
+    pool = FifoPool()
+    for i in range(200):
+        pool.add(make_item(i, cost=1, arrival=0.0))
+        # A fresh Limits each time, as the scheduler builds one per look.
+        assert pool.take(0.0, limits(1000, budget=10_000, wait=1.0), draining=False) is None
+    assert checks <= 2 * 200  # recounting per arrival would be about 200 * 201 / 2

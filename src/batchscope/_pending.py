@@ -421,7 +421,7 @@ class FifoPool(PoolBase):
         self._prefix: Budget | None = None
         self._prefix_end = 0  # entries of _order already counted in _prefix
         self._prefix_full = False
-        self._prefix_limits: Limits | None = None
+        self._prefix_budget: tuple[int, float | None, bool] | None = None
 
     def add(self, item: Item[Any, Any]) -> None:
         self._track(item)
@@ -446,11 +446,14 @@ class FifoPool(PoolBase):
             return True
         if limits.max_batch_cost is None:
             return False
-        if self._prefix is None or self._prefix_limits is not limits:
+        # The scheduler hands us fresh Limits each time it looks: the prefix depends only
+        # on the budget, so key it on that, or every arrival would recount a batch.
+        budget = (limits.max_batch_size, limits.max_batch_cost, limits.padded)
+        if self._prefix is None or self._prefix_budget != budget:
             self._prefix = Budget(limits)
             self._prefix_end = 0
             self._prefix_full = False
-            self._prefix_limits = limits
+            self._prefix_budget = budget
         prefix = self._prefix
         order = self._order
         while not self._prefix_full and self._prefix_end < len(order):
