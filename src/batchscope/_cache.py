@@ -283,9 +283,4 @@ class CacheFront(Generic[In, Out]):
             if self._key_fn is not None:
                 self._inflight[key] = waited
             scope._queue(waited)
-        try:
-            await waited.event.wait()
-        except BaseException:
-            scope._leave(waited)
-            raise
-        return waited.outcome()
+        return await scope._wait(waited)

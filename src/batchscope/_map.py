@@ -10,9 +10,9 @@ scope's task group, at most ``window`` items ahead of the consumer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable, Sized
+from collections.abc import AsyncIterable, Callable, Iterable, Sized
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -32,15 +32,44 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 
-async def _counted_lookup(scope: BatchScope[In, Out], value: In) -> tuple[Any, Any]:
-    """Cache look-up for one item of many; a bad key counts as a refused submit."""
-    assert scope._front is not None
+async def _enqueue(
+    scope: BatchScope[In, Out],
+    value: In,
+    index: int,
+    deadline: float,
+    callback: Callable[[CallbackItem[In, Out]], None],
+) -> CallbackItem[In, Out]:
+    """
+    One item of many through the scope's front door: cache, admission, the queue.
+
+    The item comes back queued, or already ended: answered from the cache, or failed
+    because it was refused (queue full, scope closed, too large, bad cost or key) — that
+    item alone. Either way *callback* hears of its end like any other item's.
+    """
+    key = None
     try:
-        return await scope._front.lookup(value)
-    except Exception:
-        scope._recorder.submitted += 1
-        scope._reject("bad_key")
-        raise
+        if scope._front is not None:
+            try:
+                key, hit = await scope._front.lookup(value)
+            except Exception:
+                scope._recorder.submitted += 1
+                scope._reject("bad_key")
+                raise
+            if hit is not MISSING:
+                scope._recorder.submitted += 1
+                scope._recorder.completed += 1
+                item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, callback)
+                item.succeed(hit)
+                return item
+        cost = await scope._admit(value)
+    except (BatchScopeError, ValueError, TypeError) as exc:
+        item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, callback)
+        item.fail(exc)
+        return item
+    item = CallbackItem(value, 0, cost, scope._clock(), deadline, index, callback)
+    item.key = key
+    scope._queue(item)
+    return item
 
 
 async def gather(
@@ -48,8 +77,7 @@ async def gather(
 ) -> list[Out | BaseException]:
     """Queue every item, wait for all (or the first failure), return outcomes in order."""
     values = list(items)
-    outcomes: list[Out | BaseException] = [None] * len(values)  # type: ignore[list-item]
-    queued: list[CallbackItem[In, Out]] = []
+    submitted: list[CallbackItem[In, Out]] = []
     remaining = len(values)
     first_failure: list[CallbackItem[In, Out]] = []
     done = anyio.Event()
@@ -65,48 +93,28 @@ async def gather(
             done.set()
 
     try:
-        deadline = anyio.current_effective_deadline()
+        deadline = scope._deadline()
         for index, value in enumerate(values):
-            try:
-                key = None
-                if scope._front is not None:
-                    key, hit = await _counted_lookup(scope, value)
-                    if hit is not MISSING:
-                        scope._recorder.submitted += 1
-                        scope._recorder.completed += 1
-                        outcomes[index] = hit
-                        remaining -= 1
-                        continue
-                cost = await scope._admit(value)
-            except (BatchScopeError, ValueError, TypeError) as exc:
-                # Refused (queue full, scope closed, too large, bad cost): this item only.
-                if not return_exceptions:
-                    raise
-                outcomes[index] = exc
-                remaining -= 1
-                continue
-            item: CallbackItem[In, Out] = CallbackItem(
-                value, 0, cost, scope._clock(), deadline, index, on_done
-            )
-            item.key = key
-            scope._queue(item)
-            queued.append(item)
-        if remaining:
+            submitted.append(await _enqueue(scope, value, index, deadline, on_done))
+            if first_failure and not return_exceptions:
+                break  # it will be raised: queue nothing more
+        if remaining and not done.is_set():
             await done.wait()
         else:
             await anyio.lowlevel.checkpoint()
     except BaseException:
-        for item in queued:
+        for item in submitted:
             scope._leave(item)
         raise
 
     if first_failure and not return_exceptions:
-        for item in queued:
+        for item in submitted:
             scope._leave(item)  # withdraw what is still queued, drop what runs
         first_failure[0].outcome()
-    for item in queued:
-        outcomes[item.index] = item.error if item.error is not None else item.result  # type: ignore[assignment]
-    return outcomes
+    return [
+        item.error if item.error is not None else item.result  # type: ignore[misc]
+        for item in submitted
+    ]
 
 
 class MapIterator(Generic[In, Out]):
@@ -179,34 +187,14 @@ class MapIterator(Generic[In, Out]):
             window.acquire_nowait()
         except WouldBlock:
             await window.acquire()
-        scope = self._scope
-        key = None
-        item: CallbackItem[In, Out]
         try:
-            if scope._front is not None:
-                key, hit = await _counted_lookup(scope, value)
-                if hit is not MISSING:
-                    scope._recorder.submitted += 1
-                    scope._recorder.completed += 1
-                    item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, self._on_done)
-                    self._outstanding[index] = item
-                    item.succeed(hit)
-                    return True
-            cost = await scope._admit(value)
-        except (BatchScopeError, ValueError, TypeError) as exc:
-            # Refused (queue full, scope closed, too large, bad cost): reported in its turn.
-            item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, self._on_done)
-            self._outstanding[index] = item
-            item.fail(exc)  # reported to the consumer in its turn
-            return not isinstance(exc, ScopeClosedError)
+            item = await _enqueue(self._scope, value, index, deadline, self._on_done)
         except BaseException:
             window.release()
             raise
-        item = CallbackItem(value, 0, cost, scope._clock(), deadline, index, self._on_done)
-        item.key = key
         self._outstanding[index] = item
-        scope._queue(item)
-        return True
+        # A refused item is reported in its turn; a closed scope takes no more.
+        return not isinstance(item.error, ScopeClosedError)
 
     async def _feed(self) -> None:
         count = 0
@@ -216,7 +204,7 @@ class MapIterator(Generic[In, Out]):
                 self._feeder_scope = feeder_scope
                 if self._stop_requested:
                     feeder_scope.cancel()
-                deadline = anyio.current_effective_deadline()
+                deadline = self._scope._deadline()
                 if isinstance(source, AsyncIterable):
                     async for value in source:
                         if not await self._put(value, count, deadline):

@@ -8,7 +8,7 @@ reading of time is ``anyio.current_time()``, so virtual clocks (Trio's MockClock
 them in tests.
 
 Backoff is computed here rather than with stamina/tenacity: tenacity measures its
-``timeout`` with ``time.monotonic()``, outside AnyIO's clock, which virtual clocks cannot
+``timeout`` on the process's monotonic clock, outside AnyIO's clock, which virtual clocks cannot
 drive; the formula itself is three lines.
 """
 

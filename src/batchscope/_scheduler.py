@@ -170,8 +170,9 @@ class Scheduler(Generic[In, Out]):
                 limit = scope.config.max_concurrent_batches
                 if scope._breaker is not None and scope._breaker.half_open:
                     limit = 1  # one trial batch at a time
-                limits = self._limits()
-                if pool.live and recorder.in_flight < limit:
+                # Only a pool with items needs limits (an empty one is never due).
+                limits = self._limits() if pool.live else None
+                if limits is not None and recorder.in_flight < limit:
                     now = anyio.current_time()
                     while recorder.in_flight < limit:
                         taken = pool.take(now, limits, draining)
@@ -185,7 +186,10 @@ class Scheduler(Generic[In, Out]):
                     return
 
                 # While every slot is busy, a finished batch wakes us: no timer.
-                due = math.inf if recorder.in_flight >= limit else pool.due_at(limits)
+                if limits is None or recorder.in_flight >= limit:
+                    due = math.inf
+                else:
+                    due = pool.due_at(limits)
                 if limbo:
                     due = min(due, min(item.deadline for item in limbo))
                 with anyio.CancelScope(deadline=due) as wait_scope:

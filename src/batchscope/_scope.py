@@ -603,6 +603,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             item, priority, cost, self._clock(), self._deadline(), self._new_event()
         )
         self._queue(waited)
+        return await self._wait(waited)
+
+    async def _wait(self, waited: WaitedItem[In, Out]) -> Out:
+        """Park until *waited* ends; a caller that leaves first withdraws or abandons it."""
         try:
             await waited.event.wait()
         except BaseException:
