@@ -15,8 +15,7 @@ import cProfile
 import io
 import pstats
 
-import anyio
-
+from ._core import run_on
 from .implementations import IMPLS
 from .overhead import measure
 
@@ -31,16 +30,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--impl", default="batchscope", choices=sorted(IMPLS))
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--backend", default="asyncio", choices=("asyncio", "uvloop", "trio"))
     parser.add_argument("--no-cprofile", action="store_true")
     args = parser.parse_args(argv)
     impl = IMPLS[args.impl]
     if args.no_cprofile:
-        us = anyio.run(measure, impl, args.items, args.callers, args.batch)
+        us = run_on(args.backend, measure, impl, args.items, args.callers, args.batch)
         print(f"{args.impl}: {us:.2f} us/item")
         return
     profiler = cProfile.Profile()
     profiler.enable()
-    us = anyio.run(measure, impl, args.items, args.callers, args.batch)
+    us = run_on(args.backend, measure, impl, args.items, args.callers, args.batch)
     profiler.disable()
     print(f"{args.impl}: {us:.2f} us/item under cProfile ({args.items} items)")
     for order in ("tottime", "cumulative"):

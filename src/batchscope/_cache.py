@@ -261,7 +261,6 @@ class CacheFront(Generic[In, Out]):
             await anyio.lowlevel.checkpoint()
             return cast(Out, hit)
         deadline = scope._deadline()
-        waited: WaitedItem[In, Out]
         leader = self._inflight.get(key) if self._key_fn is not None else None
         if leader is not None and leader.state in (QUEUED, POOLED, EXPIRED, RUNNING):
             # Someone is computing this key already: wait for the same item.
@@ -275,12 +274,13 @@ class CacheFront(Generic[In, Out]):
                 leader.deadline = deadline
                 # Set aside for the first caller's deadline? This one can wait longer.
                 scope._scheduler.revive_now(leader)
-            waited = leader
-        else:
-            cost = await scope._admit(item, count=False)
-            waited = WaitedItem(item, priority, cost, scope._clock(), deadline, scope._new_event())
-            waited.key = key
-            if self._key_fn is not None:
-                self._inflight[key] = waited
-            scope._queue(waited)
+            return await scope._wait(leader, follower=True)
+        cost = await scope._admit(item, count=False)
+        waited = scope._item_type(
+            item, priority, cost, scope._clock(), deadline, scope._new_signal()
+        )
+        waited.key = key
+        if self._key_fn is not None:
+            self._inflight[key] = waited
+        scope._queue(waited)
         return await scope._wait(waited)

@@ -33,7 +33,7 @@ import itertools
 import math
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -79,7 +79,9 @@ class Item(ABC, Generic[In, Out]):
     """
     One submitted item and, once it has ended, its outcome.
 
-    Subclasses decide how the waiter is told (:meth:`_notify`).
+    Subclasses decide how the waiter is told (:meth:`_notify`), through ``signal``: a
+    completion of the running event loop for a parked caller (see ``_completion``), a
+    callback for ``submit_many`` and ``map``.
     """
 
     __slots__ = (
@@ -92,13 +94,20 @@ class Item(ABC, Generic[In, Out]):
         "key",
         "priority",
         "result",
+        "signal",
         "state",
         "value",
         "waiters",
     )
 
     def __init__(
-        self, value: In, priority: float, cost: float, arrival: float, deadline: float
+        self,
+        value: In,
+        priority: float,
+        cost: float,
+        arrival: float,
+        deadline: float,
+        signal: Any,
     ) -> None:
         self.value = value
         self.priority = priority
@@ -108,6 +117,8 @@ class Item(ABC, Generic[In, Out]):
         self.arrival = arrival
         #: The caller's effective deadline at submit (``inf`` when none).
         self.deadline = deadline
+        #: How the waiter is told that the item ended (the subclass's business).
+        self.signal = signal
         self.state = QUEUED
         self.result: Out | None = None
         self.error: BaseException | None = None
@@ -147,9 +158,16 @@ class Item(ABC, Generic[In, Out]):
 
 
 class WaitedItem(Item[In, Out]):
-    """An item whose caller parks on an event: what :meth:`BatchScope.submit` uses."""
+    """
+    An item whose caller parks until it ends: what :meth:`BatchScope.submit` uses.
 
-    __slots__ = ("event",)
+    The caller that submitted it parks on ``signal`` (:meth:`park`); how depends on the
+    event loop, so each backend has its subclass (``_completion``). Callers deduplicated
+    onto the item (``key=``) each park on an ``anyio.Event`` of their own in
+    ``followers``: one follower leaving never disturbs the others.
+    """
+
+    __slots__ = ("followers",)
 
     def __init__(
         self,
@@ -158,19 +176,44 @@ class WaitedItem(Item[In, Out]):
         cost: float,
         arrival: float,
         deadline: float,
-        event: anyio.Event,
+        signal: Any,
     ) -> None:
-        super().__init__(value, priority, cost, arrival, deadline)
-        self.event = event
+        super().__init__(value, priority, cost, arrival, deadline, signal)
+        self.followers: list[anyio.Event] | None = None
+
+    @abstractmethod
+    def park(self) -> Awaitable[object]:
+        """
+        What the submitting caller awaits until the item ends.
+
+        Awaiting it is a checkpoint: a cancelled caller gets its cancellation there.
+        """
+
+    @abstractmethod
+    def _wake(self) -> None:
+        """Wake the submitting caller, if it is still parked (a no-op if it left)."""
+
+    def follow(self) -> anyio.Event:
+        """A deduplicated caller joins: the event it parks on."""
+        event = anyio.Event()
+        if self.followers is None:
+            self.followers = [event]
+        else:
+            self.followers.append(event)
+        return event
 
     def _notify(self) -> None:
-        self.event.set()
+        self._wake()
+        followers = self.followers
+        if followers is not None:
+            for event in followers:
+                event.set()
 
 
 class CallbackItem(Item[In, Out]):
-    """An item that reports its end to a callback: what submit_many and map use."""
+    """An item that reports its end to a callback (its ``signal``): submit_many and map."""
 
-    __slots__ = ("callback", "index")
+    __slots__ = ("index",)
 
     def __init__(
         self,
@@ -182,12 +225,11 @@ class CallbackItem(Item[In, Out]):
         index: int,
         callback: Callable[[CallbackItem[In, Out]], None],
     ) -> None:
-        super().__init__(value, priority, cost, arrival, deadline)
+        super().__init__(value, priority, cost, arrival, deadline, callback)
         self.index = index
-        self.callback = callback
 
     def _notify(self) -> None:
-        self.callback(self)
+        self.signal(self)
 
 
 @attrs.frozen

@@ -35,6 +35,7 @@ from anyio.abc import TaskGroup
 
 from ._bucketing import LengthPool
 from ._cache import AsyncCache, CacheFront
+from ._completion import loop_calls
 from ._config import CostMode, OnFull, Oversize, Policy, ScopeConfig, check_int
 from ._exceptions import (
     CircuitOpenError,
@@ -88,22 +89,6 @@ def _hook_runner(hooks: object, log: RateLimitedLog) -> HookRunner | None:
                 f"'hooks' must be a batchscope.Hooks or a list of them, got {type(hook).__name__}"
             )
     return HookRunner(cast("Sequence[Hooks]", listed), log) if listed else None
-
-
-def _backend_calls() -> tuple[Callable[[], float], Callable[[], float], Callable[[], anyio.Event]]:
-    """
-    The running backend's clock, effective deadline and event factory, looked up once.
-
-    ``anyio.current_time()`` and friends find the backend on every call (sniffio, a
-    dict): on the per-item path that is a microsecond per item each. A scope belongs to
-    one event loop, so it asks once, when it opens.
-    """
-    try:
-        from anyio._core._eventloop import get_async_backend
-    except ImportError:  # pragma: no cover - a future AnyIO that moved it
-        return anyio.current_time, anyio.current_effective_deadline, anyio.Event
-    backend = get_async_backend()
-    return backend.current_time, backend.current_effective_deadline, backend.create_event
 
 
 def _check_priority(priority: object) -> None:
@@ -305,7 +290,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         self._send: Any = None
         self._clock: Callable[[], float] = anyio.current_time
         self._deadline: Callable[[], float] = anyio.current_effective_deadline
-        self._new_event: Callable[[], anyio.Event] = anyio.Event
+        self._item_type: type[WaitedItem[Any, Any]]
+        self._new_signal: Callable[[], object]
         self._room: anyio.Semaphore
         self._task_group: TaskGroup
         self._executor: Executor[In, Out]
@@ -329,7 +315,9 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
     async def __asynccontextmanager__(self) -> AsyncGenerator[BatchScope[In, Out], None]:
         if self._state is not _NEW:
             raise RuntimeError("a BatchScope can be opened only once; create a new one")
-        self._clock, self._deadline, self._new_event = _backend_calls()
+        calls = loop_calls()
+        self._clock, self._deadline = calls.clock, calls.deadline
+        self._item_type, self._new_signal = calls.item_type, calls.new_signal
         send, receive = anyio.create_memory_object_stream[Item[In, Out]](math.inf)
         self._send = send
         self._room = anyio.Semaphore(self._config.max_queue_size)
@@ -599,16 +587,24 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         if self._front is not None:
             return await self._front.submit(item, priority)
         cost = await self._admit(item)
-        waited: WaitedItem[In, Out] = WaitedItem(
-            item, priority, cost, self._clock(), self._deadline(), self._new_event()
+        waited: WaitedItem[In, Out] = self._item_type(
+            item, priority, cost, self._clock(), self._deadline(), self._new_signal()
         )
         self._queue(waited)
         return await self._wait(waited)
 
-    async def _wait(self, waited: WaitedItem[In, Out]) -> Out:
-        """Park until *waited* ends; a caller that leaves first withdraws or abandons it."""
+    async def _wait(self, waited: WaitedItem[In, Out], *, follower: bool = False) -> Out:
+        """
+        Park until *waited* ends; a caller that leaves first withdraws or abandons it.
+
+        The caller that submitted *waited* parks on its completion; a *follower*
+        (deduplicated onto it) on an event of its own.
+        """
         try:
-            await waited.event.wait()
+            if follower:
+                await waited.follow().wait()
+            else:
+                await waited.park()
         except BaseException:
             self._leave(waited)
             raise

@@ -1,0 +1,106 @@
+"""
+How a caller parks until its item ends, and the running loop's clock: per event loop.
+
+``submit`` parks its caller on a per-item completion. ``anyio.Event`` would do, but it is
+the largest single cost of the per-item path (an event object wrapping the loop's own
+event, a future per wait, a look-up of the running backend on every call), so a scope
+asks once, when it opens, which event loop runs it and picks the lightest completion that
+gives the same guarantee (woken exactly once, cancellable, a checkpoint):
+
+* asyncio and every asyncio-compatible loop (uvloop): a future of the running loop,
+  made by ``loop.create_future()``; the loop comes from ``anyio.lowlevel.current_token()``,
+  so nothing here imports asyncio. The loop's ``time`` is the clock.
+* Trio: the caller's task parks with ``trio.lowlevel.wait_task_rescheduled`` and is
+  rescheduled when its item ends (``_trio``, imported only when Trio runs the scope).
+* Anything else: one ``anyio.Event`` per item.
+
+The scheduler and the executor never see the difference: they end items through
+``Item._notify``, and every clock and deadline they read is AnyIO's.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from ._pending import WaitedItem
+
+__all__ = ["EventItem", "FutureItem", "LoopCalls", "loop_calls"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class FutureItem(WaitedItem[In, Out]):
+    """An item whose ``signal`` is a future of the running asyncio-compatible loop."""
+
+    __slots__ = ()
+
+    def park(self) -> Awaitable[object]:
+        # Cancelling the parked task cancels this future (it is this caller's alone).
+        return self.signal  # type: ignore[no-any-return]
+
+    def _wake(self) -> None:
+        future = self.signal
+        if not future.done():  # done: cancelled, its caller gone
+            future.set_result(None)
+
+
+class EventItem(WaitedItem[In, Out]):
+    """An item whose ``signal`` is an ``anyio.Event`` (any other backend)."""
+
+    __slots__ = ()
+
+    def park(self) -> Awaitable[object]:
+        return self.signal.wait()  # type: ignore[no-any-return]
+
+    def _wake(self) -> None:
+        self.signal.set()
+
+
+@attrs.frozen
+class LoopCalls:
+    """What a scope asks of its event loop on the per-item path, found once at open."""
+
+    #: The loop's clock (``anyio.current_time()``, without finding the backend each time).
+    clock: Callable[[], float]
+    #: The calling task's effective deadline (``anyio.current_effective_deadline()``).
+    deadline: Callable[[], float]
+    #: The kind of item ``submit`` makes: how its caller parks.
+    item_type: type[WaitedItem[Any, Any]]
+    #: Makes a new item's ``signal``.
+    new_signal: Callable[[], object]
+
+
+def _no_signal() -> None:
+    return None
+
+
+def loop_calls() -> LoopCalls:
+    """The running event loop's :class:`LoopCalls` (call it inside the loop)."""
+    try:
+        from anyio._core._eventloop import get_async_backend
+    except ImportError:  # pragma: no cover - a future AnyIO that moved it
+        backend_time = anyio.current_time
+        backend_deadline = anyio.current_effective_deadline
+    else:
+        backend = get_async_backend()
+        backend_time = backend.current_time
+        backend_deadline = backend.current_effective_deadline
+    native = anyio.lowlevel.current_token().native_token
+    create_future = getattr(native, "create_future", None)
+    loop_time = getattr(native, "time", None)
+    if callable(create_future) and callable(loop_time):
+        clock = cast("Callable[[], float]", loop_time)
+        return LoopCalls(clock, backend_deadline, FutureItem, create_future)
+    if "trio" in sys.modules:
+        from . import _trio
+
+        if _trio.is_trio_token(native):
+            return LoopCalls(_trio.current_time, _trio.deadline, _trio.TaskItem, _no_signal)
+    return LoopCalls(backend_time, backend_deadline, EventItem, anyio.Event)
