@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import random
+import statistics
+
 import anyio
 import pytest
 
 import batchscope as bs
+from batchscope._scheduler import RunTimeModel
 from batchscope.testing import FakeBatchFunction
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
@@ -183,3 +187,30 @@ async def test_caller_whose_deadline_moved_still_gets_its_result() -> None:
                 assert await scope.submit(5) == 5
     assert fake.items == [5]
     assert scope.statistics().completed == 1
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.001])
+def test_run_time_model_is_the_least_squares_fit_of_the_last_window(noise: float) -> None:
+    """The running sums give the textbook fit over the last WINDOW batches, however many."""
+    rng = random.Random(7)
+    model = RunTimeModel()
+    samples: list[tuple[float, float]] = []
+    for _ in range(10 * RunTimeModel.WINDOW + 5):
+        load = float(rng.randint(1, 512)) + rng.random()
+        seconds = 0.002 + 0.00005 * load + rng.uniform(-noise, noise)
+        model.observe(load, seconds)
+        samples.append((load, seconds))
+    window = samples[-RunTimeModel.WINDOW :]
+    fit = statistics.linear_regression([x for x, _ in window], [y for _, y in window])
+    for load in (1.0, 32.0, 512.0):
+        expected = fit.intercept + fit.slope * load
+        assert model.predict(load) == pytest.approx(expected, rel=1e-9)
+
+
+def test_run_time_model_of_equal_loads_predicts_their_mean() -> None:
+    model = RunTimeModel()
+    assert model.predict(32) == RunTimeModel.DEFAULT
+    for seconds in (0.010, 0.012, 0.014):
+        model.observe(32.0, seconds)
+    assert model.predict(32) == pytest.approx(0.012)
+    assert model.predict(64) == pytest.approx(0.012)  # no slope from equal loads

@@ -91,6 +91,7 @@ class Item(ABC, Generic[In, Out]):
         "deadline",
         "error",
         "error_tb",
+        "followers",
         "key",
         "priority",
         "result",
@@ -129,6 +130,8 @@ class Item(ABC, Generic[In, Out]):
         self.key: Any = None
         #: Callers waiting for this item: 1, plus those deduplicated onto it.
         self.waiters = 1
+        #: The events of callers deduplicated onto a WaitedItem (None until one joins).
+        self.followers: list[anyio.Event] | None = None
 
     def succeed(self, result: Out) -> None:
         """End the item with *result* (the caller checked that it was still live)."""
@@ -167,19 +170,7 @@ class WaitedItem(Item[In, Out]):
     ``followers``: one follower leaving never disturbs the others.
     """
 
-    __slots__ = ("followers",)
-
-    def __init__(
-        self,
-        value: In,
-        priority: float,
-        cost: float,
-        arrival: float,
-        deadline: float,
-        signal: Any,
-    ) -> None:
-        super().__init__(value, priority, cost, arrival, deadline, signal)
-        self.followers: list[anyio.Event] | None = None
+    __slots__ = ()
 
     @abstractmethod
     def park(self) -> Awaitable[object]:

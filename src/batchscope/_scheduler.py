@@ -29,10 +29,10 @@ import anyio
 from anyio import EndOfStream, WouldBlock
 
 from ._hooks import BatchStarted
-from ._pending import EXPIRED, QUEUED, RUNNING, Item, Limits, Pool, Release
+from ._pending import EXPIRED, QUEUED, RUNNING, WITHDRAWN, Item, Limits, Pool, Release
 
 if TYPE_CHECKING:
-    from anyio.streams.memory import MemoryObjectReceiveStream
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from ._executor import Executor
     from ._scope import BatchScope
@@ -41,6 +41,27 @@ __all__ = ["RunTimeModel", "Scheduler"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+
+class _Poke(Item[Any, Any]):
+    """
+    What :meth:`Scheduler.wake` sends through the channel: an item that is never live.
+
+    Its state is WITHDRAWN from the start, so whoever takes it from the channel passes
+    over it, as over any item withdrawn while queued.
+    """
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(None, 0, 0.0, 0.0, math.inf, None)
+        self.state = WITHDRAWN
+
+    def _notify(self) -> None:  # pragma: no cover - never live, never ended
+        raise AssertionError("the scheduler's poke is not an item")
+
+
+POKE = _Poke()
 
 
 class RunTimeModel:
@@ -57,21 +78,46 @@ class RunTimeModel:
     DEFAULT = 0.002
 
     def __init__(self) -> None:
-        self._samples: deque[tuple[float, float]] = deque(maxlen=self.WINDOW)
+        self._samples: deque[tuple[float, float]] = deque()
+        # Running sums over the window: x, y, x*x, x*y.
+        self._sums = [0.0, 0.0, 0.0, 0.0]
+        self._observed = 0
         self._a = self.DEFAULT
         self._b = 0.0
 
     def observe(self, load: float, seconds: float) -> None:
-        """Record one finished batch and refit (O(WINDOW), once per batch)."""
+        """Record one finished batch and refit (amortised O(1): running sums)."""
         samples = self._samples
+        sums = self._sums
         samples.append((load, seconds))
+        sums[0] += load
+        sums[1] += seconds
+        sums[2] += load * load
+        sums[3] += load * seconds
+        if len(samples) > self.WINDOW:
+            old_x, old_y = samples.popleft()
+            self._observed += 1
+            if self._observed % self.WINDOW == 0:
+                # Recount now and then, so rounding errors of the subtractions never pile up.
+                sums[:] = [0.0, 0.0, 0.0, 0.0]
+                for x, y in samples:
+                    sums[0] += x
+                    sums[1] += y
+                    sums[2] += x * x
+                    sums[3] += x * y
+            else:
+                sums[0] -= old_x
+                sums[1] -= old_y
+                sums[2] -= old_x * old_x
+                sums[3] -= old_x * old_y
         n = len(samples)
-        mean_x = sum(x for x, _ in samples) / n
-        mean_y = sum(y for _, y in samples) / n
-        var = sum((x - mean_x) ** 2 for x, _ in samples)
+        mean_x = sums[0] / n
+        mean_y = sums[1] / n
+        # Var and covariance from running sums; clamp the rounding noise of subtraction.
+        var = sums[2] / n - mean_x * mean_x
         slope = 0.0
-        if var > 0:
-            slope = max(0.0, sum((x - mean_x) * (y - mean_y) for x, y in samples) / var)
+        if var > 1e-12 * max(1.0, mean_x * mean_x):
+            slope = max(0.0, (sums[3] / n - mean_x * mean_y) / var)
         self._b = slope
         self._a = max(0.0, mean_y - slope * mean_x)
 
@@ -86,6 +132,7 @@ class Scheduler(Generic[In, Out]):
     def __init__(
         self,
         scope: BatchScope[In, Out],
+        send: MemoryObjectSendStream[Item[In, Out]],
         receive: MemoryObjectReceiveStream[Item[In, Out]],
         pool: Pool,
         executor: Executor[In, Out],
@@ -94,7 +141,11 @@ class Scheduler(Generic[In, Out]):
         self._receive = receive
         self.pool = pool
         self._executor = executor
+        self._send = send
+        #: The draining scheduler's wait (a poke cannot reach it: the channel is closed).
         self._wait_scope: anyio.CancelScope | None = None
+        self._receiving = False
+        self._poked = False
         self._waiting_for_slot = False
         #: How many times the scheduler has woken up (an idle scope must not).
         self.wakeups = 0
@@ -131,11 +182,19 @@ class Scheduler(Generic[In, Out]):
         """Make the scheduler look again (the options changed)."""
         if self._wait_scope is not None:
             self._wait_scope.cancel()
+        elif self._receiving and not self._poked:
+            # Waiting for items: a poke through the channel wakes it without the cost
+            # of a cancellation (an exception through the whole wait).
+            self._poked = True
+            try:
+                self._send.send_nowait(POKE)
+            except anyio.ClosedResourceError:
+                pass  # the scope is closing: the end of the stream wakes it
 
     def slot_freed(self) -> None:
         """A batch ended: wake the scheduler if it was waiting for a free slot."""
-        if self._waiting_for_slot and self._wait_scope is not None:
-            self._wait_scope.cancel()
+        if self._waiting_for_slot:
+            self.wake()
 
     def _pull(self) -> bool:
         """Move every item that has arrived into the pool; True at end of stream."""
@@ -192,23 +251,31 @@ class Scheduler(Generic[In, Out]):
                     due = pool.due_at(limits)
                 if limbo:
                     due = min(due, min(item.deadline for item in limbo))
-                with anyio.CancelScope(deadline=due) as wait_scope:
-                    self._wait_scope = wait_scope
-                    self._waiting_for_slot = recorder.in_flight >= limit
-                    try:
-                        if draining:
+                self._waiting_for_slot = recorder.in_flight >= limit
+                try:
+                    if draining:
+                        with anyio.CancelScope(deadline=due) as wait_scope:
+                            self._wait_scope = wait_scope
                             await anyio.sleep_forever()
-                        else:
-                            # Keep receiving even while every slot is busy, so withdrawn
-                            # items never pile up in the channel.
+                    else:
+                        # Keep receiving even while every slot is busy, so withdrawn
+                        # items never pile up in the channel. A poke (wake()) arrives
+                        # the same way; a cancel scope is needed only for a timer.
+                        self._receiving = True
+                        if due == math.inf:
                             item = await receive.receive()
                             if item.state == QUEUED:
                                 pool.add(item)
-                    except EndOfStream:
-                        draining = True
-                    finally:
-                        self._wait_scope = None
-                        self._waiting_for_slot = False
+                        else:
+                            with anyio.CancelScope(deadline=due):
+                                item = await receive.receive()
+                                if item.state == QUEUED:
+                                    pool.add(item)
+                except EndOfStream:
+                    draining = True
+                finally:
+                    self._wait_scope = None
+                    self._receiving = self._poked = self._waiting_for_slot = False
                 self.wakeups += 1
                 if limbo:
                     self._revive(limbo)

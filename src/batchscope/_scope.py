@@ -328,7 +328,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         if limit is not None and limit.cost_per_minute is not None:
             self._cost_bucket = TokenBucket(limit.cost_per_minute / 60, limit.cost_per_minute)
         self._executor = Executor(self, self._fn, self._collate)
-        self._scheduler = Scheduler(self, receive, self._new_pool(), self._executor)
+        self._scheduler = Scheduler(self, send, receive, self._new_pool(), self._executor)
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
@@ -456,48 +456,57 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             )
         return cost
 
-    async def _admit(self, value: In, *, count: bool = True) -> float:
-        """Count a submit, price its item, take room for it in the queue; return the cost."""
+    def _price(self, value: In, count: bool) -> float:
+        """Count a submit (if *count*) and price its item; raises if it cannot be queued."""
         if self._state is not _OPEN:
             raise self._closed_now()
-        recorder = self._recorder
         if count:
-            recorder.submitted += 1
+            self._recorder.submitted += 1
         breaker = self._breaker
         if breaker is not None and breaker.is_open():
             self._reject("circuit_open")
             raise CircuitOpenError(
                 f"the circuit breaker of {self!r} is open: recent batches failed"
             )
+        if self._config.cost is None:
+            return 1.0
         try:
-            cost = self._cost_of(value)
+            return self._cost_of(value)
         except ItemTooLargeError:
             self._reject("too_large")
             raise
         except Exception:
             self._reject("bad_cost")
             raise
+
+    async def _admit(self, value: In, *, count: bool = True) -> float:
+        """Count a submit, price its item, take room for it in the queue; return the cost."""
+        cost = self._price(value, count)
         try:
             self._room.acquire_nowait()
         except WouldBlock:
-            if self._config.on_full == "reject":
-                self._reject("queue_full")
-                raise QueueFullError(
-                    f"the queue of {self!r} holds max_queue_size="
-                    f"{self._config.max_queue_size} pending items"
-                ) from None
-            try:
-                await self._room.acquire()
-            except BaseException:
-                recorder.cancelled += 1
-                if self._hooks is not None:
-                    self._hooks.call("item_cancelled", False)
-                raise
-            if self._state is not _OPEN:
-                self._room.release()  # pass the wake-up on to the next waiter
-                self._reject("closed")
-                raise self._closed_now() from None
+            await self._wait_for_room()
         return cost
+
+    async def _wait_for_room(self) -> None:
+        """The queue is full: reject, or wait for room (``on_full``)."""
+        if self._config.on_full == "reject":
+            self._reject("queue_full")
+            raise QueueFullError(
+                f"the queue of {self!r} holds max_queue_size="
+                f"{self._config.max_queue_size} pending items"
+            )
+        try:
+            await self._room.acquire()
+        except BaseException:
+            self._recorder.cancelled += 1
+            if self._hooks is not None:
+                self._hooks.call("item_cancelled", False)
+            raise
+        if self._state is not _OPEN:
+            self._room.release()  # pass the wake-up on to the next waiter
+            self._reject("closed")
+            raise self._closed_now()
 
     def _reject(self, reason: str) -> None:
         self._recorder.rejected += 1
@@ -586,7 +595,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         _check_priority(priority)
         if self._front is not None:
             return await self._front.submit(item, priority)
-        cost = await self._admit(item)
+        # _admit() inline, for the common case of room in the queue (the per-item path).
+        cost = self._price(item, True)
+        try:
+            self._room.acquire_nowait()
+        except WouldBlock:
+            await self._wait_for_room()
         waited: WaitedItem[In, Out] = self._item_type(
             item, priority, cost, self._clock(), self._deadline(), self._new_signal()
         )
