@@ -23,15 +23,20 @@ async def test_submit_many_keeps_input_order() -> None:
     assert len(fake.batches) == 4
 
 
+@pytest.mark.virtual_time
 async def test_submit_many_raises_first_failure_and_withdraws_the_rest() -> None:
-    """Without return_exceptions the first failure is raised; queued items never reach fn."""
+    """
+    Without return_exceptions the first failure is raised; items still queued then are
+    withdrawn and never reach fn (item 4 would wait 10 s for companions).
+    """
     fake = FakeBatchFunction[int, int](raise_on={0: ValueError("first batch")})
-    async with bs.BatchScope(fake, max_batch_size=2, max_wait=0) as scope:
+    async with bs.BatchScope(fake, max_batch_size=4, max_wait=10) as scope:
         with pytest.raises(ValueError, match="first batch"):
-            await scope.submit_many(range(6))
+            await scope.submit_many(range(5))
+        assert anyio.current_time() < 10
         stats = scope.statistics()
-    assert fake.batches == [[0, 1]]
-    assert (stats.failed, stats.cancelled, stats.pending) == (2, 4, 0)
+    assert fake.batches == [[0, 1, 2, 3]]
+    assert (stats.failed, stats.cancelled, stats.pending) == (4, 1, 0)
 
 
 async def test_map_ordered_yields_in_input_order() -> None:

@@ -50,6 +50,13 @@ class FutureItem(WaitedItem[In, Out]):
         if not future.done():  # done: cancelled, its caller gone
             future.set_result(None)
 
+    def _notify(self) -> None:  # _wake() inline, then the followers (the per-item path)
+        future = self.signal
+        if not future.done():
+            future.set_result(None)
+        if self.followers is not None:
+            self._wake_followers()
+
 
 class EventItem(WaitedItem[In, Out]):
     """An item whose ``signal`` is an ``anyio.Event`` (any other backend)."""

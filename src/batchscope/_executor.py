@@ -157,6 +157,7 @@ class Executor(Generic[In, Out]):
         batch = Batch(items, load, started)
         for item in items:
             item.batch = batch
+            item.state = RUNNING
         self.running.add(batch)
         task_group.start_soon(self._run, batch)
 
@@ -198,7 +199,8 @@ class Executor(Generic[In, Out]):
         scope = self._scope
         recorder = scope._recorder
         items = batch.items
-        started = anyio.current_time()
+        clock = scope._clock
+        started = clock()
         try:
             with anyio.CancelScope() as cancel_scope:
                 batch.cancel_scope = cancel_scope
@@ -216,7 +218,7 @@ class Executor(Generic[In, Out]):
             raise
         finally:
             self.running.discard(batch)
-            ended = anyio.current_time()
+            ended = clock()
             recorder.in_flight -= 1
             recorder.finished_batches += 1
             recorder.batch_seconds += ended - started
@@ -258,7 +260,7 @@ class Executor(Generic[In, Out]):
         config = self._scope.config
         retry = config.retry
         attempts = retry.attempts if retry is not None else 1
-        first_call = anyio.current_time()
+        first_call = self._scope._clock()
         items = batch.items
         for attempt in range(1, attempts + 1):
             live = [item for item in items if item.state == RUNNING]
@@ -269,7 +271,7 @@ class Executor(Generic[In, Out]):
             if retrying and retry is not None and retry.timeout is not None:
                 # No call may start after the timeout: retry only if the next one would
                 # begin within it.
-                retrying = anyio.current_time() + wait - first_call < retry.timeout
+                retrying = self._scope._clock() + wait - first_call < retry.timeout
             try:
                 results = await self._call_limited(live, batch if attempt == 1 else None)
             except Exception as exc:
@@ -330,14 +332,15 @@ class Executor(Generic[In, Out]):
             await scope._cost_bucket.take(sum(item.cost for item in items))
         values = [item.value for item in items]
         timeout = scope.config.batch_timeout
-        started = anyio.current_time()
+        clock = scope._clock
+        started = clock()
         if timeout is None:
             results = await self._call(values)
         else:
             with anyio.fail_after(timeout):
                 results = await self._call(values)
         if timed is not None:
-            scope._scheduler.model.observe(timed.load, anyio.current_time() - started)
+            scope._scheduler.model.observe(timed.load, clock() - started)
         return results
 
     def _route(
@@ -386,7 +389,10 @@ class Executor(Generic[In, Out]):
                 item.fail(result)
                 failed += item.waiters
             else:
-                item.succeed(result)
+                # item.succeed(result), inline (once per item).
+                item.result = result
+                item.state = DONE
+                item._notify()
                 completed += item.waiters
         recorder.completed += completed
         recorder.failed += failed

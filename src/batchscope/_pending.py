@@ -195,10 +195,12 @@ class WaitedItem(Item[In, Out]):
 
     def _notify(self) -> None:
         self._wake()
-        followers = self.followers
-        if followers is not None:
-            for event in followers:
-                event.set()
+        if self.followers is not None:
+            self._wake_followers()
+
+    def _wake_followers(self) -> None:
+        for event in self.followers or ():
+            event.set()
 
 
 class CallbackItem(Item[In, Out]):

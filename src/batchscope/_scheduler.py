@@ -29,7 +29,7 @@ import anyio
 from anyio import EndOfStream, WouldBlock
 
 from ._hooks import BatchStarted
-from ._pending import EXPIRED, QUEUED, RUNNING, WITHDRAWN, Item, Limits, Pool, Release
+from ._pending import EXPIRED, QUEUED, WITHDRAWN, Item, Limits, Pool, Release
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -232,7 +232,7 @@ class Scheduler(Generic[In, Out]):
                 # Only a pool with items needs limits (an empty one is never due).
                 limits = self._limits() if pool.live else None
                 if limits is not None and recorder.in_flight < limit:
-                    now = anyio.current_time()
+                    now = scope._clock()
                     while recorder.in_flight < limit:
                         taken = pool.take(now, limits, draining)
                         if pool.expired:
@@ -295,7 +295,7 @@ class Scheduler(Generic[In, Out]):
         cancellation to arrive; still waiting after that, its deadline must have moved
         (or been shielded), so its item runs after all, with no deadline: nobody hangs.
         """
-        now = anyio.current_time()
+        now = self._scope._clock()
         for item, seen_passed in list(limbo.items()):
             if item.state != EXPIRED:
                 del limbo[item]  # withdrawn by its caller, as expected
@@ -328,21 +328,22 @@ class Scheduler(Generic[In, Out]):
         waits = recorder.queue_waits
         real = 0.0
         highest = 0.0
-        for item in items:
-            item.state = RUNNING
-            waits.append(now - item.arrival)
-            cost = item.cost
-            real += cost
-            if cost > highest:
-                highest = cost
         config = scope.config
         if config.cost is None:
             load = float(size)
+            for item in items:
+                waits.append(now - item.arrival)
         else:
+            for item in items:
+                waits.append(now - item.arrival)
+                cost = item.cost
+                real += cost
+                if cost > highest:
+                    highest = cost
             load = size * highest if config.cost_mode == "padded" else real
             recorder.real_cost += real
             recorder.padded_cost += load
-        scope._release_room(size)
+        scope._room.release(size)
         started = None
         if scope._hooks is not None:
             started = BatchStarted(size, load, reason, tuple(now - item.arrival for item in items))

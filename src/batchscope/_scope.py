@@ -30,7 +30,7 @@ from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 import anyio
 import attrs
-from anyio import AsyncContextManagerMixin, WouldBlock
+from anyio import AsyncContextManagerMixin
 from anyio.abc import TaskGroup
 
 from ._bucketing import LengthPool
@@ -61,6 +61,7 @@ from ._pending import (
     WaitedItem,
 )
 from ._resilience import BreakerState, CircuitBreaker, RateLimit, Retry, TokenBucket
+from ._room import Room
 from ._scheduler import Scheduler
 from ._statistics import BatchStatistics, Recorder
 
@@ -292,7 +293,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         self._deadline: Callable[[], float] = anyio.current_effective_deadline
         self._item_type: type[WaitedItem[Any, Any]]
         self._new_signal: Callable[[], object]
-        self._room: anyio.Semaphore
+        self._room: Room
         self._task_group: TaskGroup
         self._executor: Executor[In, Out]
         self._scheduler: Scheduler[In, Out]
@@ -320,7 +321,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         self._item_type, self._new_signal = calls.item_type, calls.new_signal
         send, receive = anyio.create_memory_object_stream[Item[In, Out]](math.inf)
         self._send = send
-        self._room = anyio.Semaphore(self._config.max_queue_size)
+        self._room = Room(self._config.max_queue_size)
         limit = self._config.rate_limit
         if limit is not None and limit.batches_per_second is not None:
             rate = limit.batches_per_second
@@ -386,7 +387,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             return
         self._state = _CLOSING
         self._send.close()
-        if self._room.statistics().tasks_waiting:
+        if self._room.waiting:
             # Wake the first waiter for room; it sees the scope closing and passes the
             # wake-up on, so every waiter gets ScopeClosedError.
             self._room.release()
@@ -482,9 +483,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
     async def _admit(self, value: In, *, count: bool = True) -> float:
         """Count a submit, price its item, take room for it in the queue; return the cost."""
         cost = self._price(value, count)
-        try:
-            self._room.acquire_nowait()
-        except WouldBlock:
+        if not self._room.take_nowait():
             await self._wait_for_room()
         return cost
 
@@ -497,7 +496,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 f"{self._config.max_queue_size} pending items"
             )
         try:
-            await self._room.acquire()
+            await self._room.take()
         except BaseException:
             self._recorder.cancelled += 1
             if self._hooks is not None:
@@ -516,11 +515,6 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
     def _queue(self, item: Item[In, Out]) -> None:
         self._recorder.pending += 1
         self._send.send_nowait(item)
-
-    def _release_room(self, count: int) -> None:
-        release = self._room.release
-        for _ in range(count):
-            release()
 
     def _leave(self, item: Item[In, Out]) -> None:
         """
@@ -597,9 +591,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             return await self._front.submit(item, priority)
         # _admit() inline, for the common case of room in the queue (the per-item path).
         cost = self._price(item, True)
-        try:
-            self._room.acquire_nowait()
-        except WouldBlock:
+        if not self._room.take_nowait():
             await self._wait_for_room()
         waited: WaitedItem[In, Out] = self._item_type(
             item, priority, cost, self._clock(), self._deadline(), self._new_signal()
