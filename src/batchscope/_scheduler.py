@@ -7,10 +7,12 @@ at once, a partial one when its oldest item has waited ``max_wait``, everything 
 scope is closing. Dispatch is pull-based: while every slot is busy the scheduler does not
 look at the clock at all, items simply accumulate and the next batch is larger.
 
-It waits in exactly one place, under a cancel scope that is its only timer and its only
-wake-up call: a deadline when a partial batch will come due, cancellation when a running
-batch frees a slot or the options change. An idle scope waits in ``receive()`` with no
-deadline, and nothing wakes it until an item arrives.
+It waits in exactly one place: receiving from the channel, under a cancel scope only when
+a partial batch will come due (its timer). A running batch that frees a slot, or new
+options, wake it with a poke through the same channel (:data:`POKE`, never a live item),
+which costs a fraction of a cancellation. An idle scope waits in ``receive()`` with no
+deadline, and nothing wakes it until an item arrives. Once the scope is closing (the
+channel closed), it waits under a cancel scope that a freed slot cancels.
 
 It also keeps :class:`RunTimeModel`, a least-squares fit of batch run time against batch
 load over recent batches: callers' deadlines are judged against it (an item whose caller
