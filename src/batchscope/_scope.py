@@ -433,12 +433,9 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             )
         return self._closed_error()
 
-    def _cost_of(self, value: In) -> float:
-        """The item's cost (1.0 without a cost function), checked; raises for this item."""
+    def _cost_of(self, value: In, cost_fn: Callable[[In], float]) -> float:
+        """The item's cost by *cost_fn*, checked; raises for this item."""
         config = self._config
-        cost_fn = config.cost
-        if cost_fn is None:
-            return 1.0
         try:
             cost: object = cost_fn(value)
         except Exception as exc:
@@ -469,10 +466,11 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             raise CircuitOpenError(
                 f"the circuit breaker of {self!r} is open: recent batches failed"
             )
-        if self._config.cost is None:
+        cost_fn = self._config.cost
+        if cost_fn is None:
             return 1.0
         try:
-            return self._cost_of(value)
+            return self._cost_of(value, cost_fn)
         except ItemTooLargeError:
             self._reject("too_large")
             raise
