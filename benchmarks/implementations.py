@@ -45,8 +45,6 @@ class Impl:
         if backend not in self.backends:
             return self.unsupported_note or f"does not run under {backend}"
         if policy not in self.policies:
-            if self.name == "batchscope" and policy == "length":
-                return "policy='length' not implemented yet (constructing it raises TypeError)"
             return f"has no {policy!r} policy"
         return None
 

@@ -16,9 +16,6 @@ FIFO throughput for FIFO, the offline sorted throughput for length-aware policie
 measured in the same run, and reports, per item, the wait from arrival to the start of
 its batch; the target compares the p99 wait of long items (≥ 256 tokens) with that of
 short ones (≤ 64).
-
-batchscope's ``policy="length"`` is feature-detected: until it exists, batchscope runs
-FIFO here and the length targets are reported against that.
 """
 
 from __future__ import annotations
@@ -41,7 +38,7 @@ DIM = 256
 VOCAB = 1000
 SHORT_MAX = 64
 LONG_MIN = 256
-#: (implementation, policy) pairs measured; batchscope "length" only once it exists.
+#: (implementation, policy) pairs measured.
 VARIANTS = (
     ("floor", "fifo"),
     ("anyio-event", "fifo"),

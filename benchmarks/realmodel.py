@@ -79,8 +79,17 @@ async def _online(model: Any, sentences: list[str], clients: int) -> float:
     def encode(batch: list[str]) -> list[Any]:
         return list(model.encode(batch, batch_size=len(batch)))
 
+    tokenizer = model.tokenizer
+
+    def tokens(text: str) -> int:
+        return len(tokenizer(text, truncation=True)["input_ids"])
+
     queue = list(sentences)
-    async with BatchScope(encode, max_batch_size=32, max_wait=0.005) as scope:
+    # As a user would serve a padded model: similar lengths together (policy="length"),
+    # the cost of an item its word-piece count.
+    async with BatchScope(
+        encode, max_batch_size=32, max_wait=0.005, policy="length", cost=tokens
+    ) as scope:
 
         async def client() -> None:
             while queue:

@@ -155,9 +155,7 @@ def check_targets(cells: list[Cell], records: list[Record]) -> list[Target]:
                     note="vs the asyncio floor" if backend == "trio" else "",
                 )
             )
-    length = any(c.implementation == "batchscope[length]" for c in cells)
-    variant = "batchscope[length]" if length else "batchscope[fifo]"
-    note = "" if length else "policy='length' not implemented yet: FIFO figures"
+    variant = "batchscope[length]"
     for backend in ("asyncio", "trio"):
         cell = _find(cells, "padding", variant, backend, "padding")
         targets.append(
@@ -167,7 +165,6 @@ def check_targets(cells: list[Cell], records: list[Record]) -> list[Target]:
                 1.10,
                 use_ratio=False,
                 limit_text="≤ 1.10",
-                note=note,
             )
         )
         cell = _find(cells, "padding", variant, backend, "throughput")
@@ -179,7 +176,6 @@ def check_targets(cells: list[Cell], records: list[Record]) -> list[Target]:
                 use_ratio=True,
                 at_most=False,
                 limit_text="≥ 0.9x",
-                note=note,
             )
         )
         cell = _find(cells, "fairness", variant, backend, "long_short")
@@ -190,7 +186,6 @@ def check_targets(cells: list[Cell], records: list[Record]) -> list[Target]:
                 2.0,
                 use_ratio=False,
                 limit_text="≤ 2x",
-                note=note,
             )
         )
     for backend in ("asyncio", "uvloop", "trio"):
