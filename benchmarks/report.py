@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._core import Record, median
+from ._core import BACKENDS, Record, median
 
 __all__ = ["Cell", "Target", "check_targets", "medians", "plot", "write_markdown"]
 
@@ -54,7 +54,8 @@ def medians(records: Iterable[Record]) -> list[Cell]:
     groups: dict[tuple[Any, ...], list[Record]] = defaultdict(list)
     for record in records:
         if record.status == "ok" and record.value is not None:
-            groups[(record.implementation, *record.key())].append(record)
+            key = (record.implementation, *record.key())
+            groups[key].append(record)
     cells = []
     for group in groups.values():
         first = group[0]
@@ -245,6 +246,57 @@ def check_targets(cells: list[Cell], records: list[Record]) -> list[Target]:
                         limit_text="≥ 1.6x",
                     )
                 )
+    targets.extend(_gpu_targets(cells, records))
+    return targets
+
+
+def _gpu_targets(cells: list[Cell], records: list[Record]) -> list[Target]:
+    """(h): online, the better of one and two batches in flight, per backend; n/a if not run."""
+    throughput = [c for c in cells if c.scenario == "gpu" and c.metric == "throughput"]
+    one = next((c for c in throughput if c.implementation == "one-at-a-time"), None)
+    best: dict[str, Cell] = {}
+    for cell in throughput:
+        if cell.implementation != "batchscope" or cell.ratio is None:
+            continue
+        if cell.backend not in best or cell.value > best[cell.backend].value:
+            best[cell.backend] = cell
+    if not best:
+        why = next((r.note for r in records if r.scenario == "gpu" and r.status != "ok"), "")
+        note = f"not measured: {why}" if why else "not measured"
+        return [
+            _target(name, None, limit, use_ratio=True, limit_text=text, note=note)
+            for name, limit, text in (
+                ("GPU online vs offline sorted", 0.9, "≥ 0.9x"),
+                ("GPU online vs one at a time", 1.6, "≥ 1.6x"),
+            )
+        ]
+    targets: list[Target] = []
+    for backend in [b for b in BACKENDS if b in best]:
+        cell = best[backend]
+        note = f"best: {cell.params.get('in_flight')} in flight"
+        targets.append(
+            _target(
+                f"GPU online {backend} vs offline sorted",
+                cell,
+                0.9,
+                use_ratio=True,
+                at_most=False,
+                limit_text="≥ 0.9x",
+                note=note,
+            )
+        )
+        vs_one = None if one is None else Cell(**{**cell.__dict__, "ratio": cell.value / one.value})
+        targets.append(
+            _target(
+                f"GPU online {backend} vs one at a time",
+                vs_one,
+                1.6,
+                use_ratio=True,
+                at_most=False,
+                limit_text="≥ 1.6x",
+                note=note,
+            )
+        )
     return targets
 
 
@@ -280,7 +332,7 @@ def write_markdown(
     for t in targets:
         result = {True: "PASS", False: "**FAIL**", None: "n/a"}[t.passed]
         lines.append(f"| {t.name} | {_fmt(t.measured)} | {t.limit} | {result} | {t.note} |")
-    order = ["overhead", "latency", "padding", "fairness", "idle", "memory", "realmodel"]
+    order = ["overhead", "latency", "padding", "fairness", "idle", "memory", "realmodel", "gpu"]
     for scenario in order:
         rows = [c for c in cells if c.scenario == scenario]
         if not rows:
@@ -386,12 +438,12 @@ def plot(directory: Path, cells: list[Cell]) -> list[Path]:
         fig, axes = plt.subplots(1, len(backends), figsize=(5 * len(backends), 4), squeeze=False)
         for ax, backend in zip(axes[0], backends, strict=True):
             for impl in sorted({c.implementation for c in lat if c.backend == backend}):
-                points = sorted(
+                curve = sorted(
                     (c.params["load"], c.value)
                     for c in lat
                     if c.backend == backend and c.implementation == impl
                 )
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=impl)
+                ax.plot([p[0] for p in curve], [p[1] for p in curve], marker="o", label=impl)
             ax.set_yscale("log")
             ax.set_title(f"p99 latency, Poisson arrivals ({backend})")
             ax.set_xlabel("load (fraction of capacity)")

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from benchmarks import idle, latency, memory, overhead, padding, realmodel
+from benchmarks import gpu, idle, latency, memory, overhead, padding, realmodel
 from benchmarks._core import BACKENDS, Record, Settings
 from benchmarks.report import check_targets, medians, plot, write_markdown
 
@@ -37,7 +37,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Settings], list[Record]]]] = {
     "e": ("idle", idle.run),
     "f": ("memory", memory.run),
     "g": ("realmodel", realmodel.run_model),
-    "h": ("gpu", realmodel.run_gpu),
+    "h": ("gpu", gpu.run),
 }
 
 

@@ -1,15 +1,14 @@
 """
 The CuPy pipeline's bookkeeping, on every machine: a fake ``cupy`` module backed by NumPy.
 
-The fake copies synchronously but reports its CUDA events as pending for a few queries, so
-the pipeline's waiting, pinned-buffer pool and copy layout run exactly as on a GPU. It
-proves the Python side (offsets, pool reuse, event waits, result routing); only
-tests/test_arrays_cupy.py on a real GPU proves the CUDA side.
+The fake (``tests/fake_cupy.py``) copies synchronously but reports its CUDA events as
+pending for a few queries, so the pipeline's waiting, pinned-buffer pool and copy layout
+run exactly as on a GPU. It proves the Python side (offsets, pool reuse, event waits,
+result routing); only tests/test_arrays_cupy.py on a real GPU proves the CUDA side.
 """
 
 from __future__ import annotations
 
-import ctypes
 import sys
 import types
 from typing import Any
@@ -19,101 +18,11 @@ import pytest
 np = pytest.importorskip("numpy")
 pytest.importorskip("array_api_compat")
 
-from numpy import ndarray  # noqa: E402
-
 import batchscope as bs  # noqa: E402
 from batchscope.arrays import PadCollator, PaddedBatch, PaddedDict  # noqa: E402
+from fake_cupy import Event, FakeArray, fake_cupy  # noqa: E402
 
 pytestmark = pytest.mark.anyio
-
-
-class DevicePointer:
-    def __init__(self, array: Any) -> None:
-        self.array = array
-
-    def copy_from_host_async(self, source: int, size: int, stream: Any = None) -> None:
-        assert stream is not None and stream.non_blocking
-        ctypes.memmove(self.array.ctypes.data, source, size)
-
-    def copy_to_host_async(self, target: int, size: int, stream: Any = None) -> None:
-        assert stream is not None and stream.non_blocking
-        ctypes.memmove(target, self.array.ctypes.data, size)
-
-
-class FakeArray(ndarray[Any, Any]):
-    @property
-    def data(self) -> DevicePointer:  # type: ignore[override]
-        return DevicePointer(self)
-
-
-class Pinned(bytearray):
-    @property
-    def ptr(self) -> int:
-        return ctypes.addressof((ctypes.c_char * len(self)).from_buffer(self))
-
-
-class Event:
-    def __init__(self, block: bool = False, disable_timing: bool = False) -> None:
-        self.block = block
-        self.queries = 0
-
-    def record(self, stream: Any = None) -> None:
-        self.queries = 0
-
-    @property
-    def done(self) -> bool:
-        self.queries += 1
-        return self.queries > 2  # pending for the first two queries
-
-    def synchronize(self) -> None:
-        self.queries = 3
-
-
-class Stream:
-    def __init__(self, non_blocking: bool = False) -> None:
-        self.non_blocking = non_blocking
-        self.waited: list[Event] = []
-
-    def __enter__(self) -> Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def wait_event(self, event: Event) -> None:
-        self.waited.append(event)
-
-
-class Device:
-    def __init__(self, device_id: int = 0) -> None:
-        self.id = device_id
-
-    def __enter__(self) -> Device:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def fake_cupy() -> types.ModuleType:
-    cupy = types.ModuleType("cupy")
-    FakeArray.__module__ = "cupy"
-    cuda = types.SimpleNamespace(
-        Device=Device,
-        Stream=Stream,
-        Event=Event,
-        alloc_pinned_memory=Pinned,
-        get_current_stream=lambda: Stream(),
-    )
-    cupy.__dict__.update(
-        ndarray=FakeArray,
-        cuda=cuda,
-        is_available=lambda: True,
-        empty=lambda shape, dtype: np.empty(shape, dtype).view(FakeArray),
-        arange=lambda n, dtype: np.arange(n, dtype=dtype).view(FakeArray),
-        ascontiguousarray=lambda a: np.ascontiguousarray(a).view(FakeArray),
-    )
-    return cupy
 
 
 @pytest.fixture(autouse=True)
