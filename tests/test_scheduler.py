@@ -75,39 +75,6 @@ async def test_items_accumulate_while_the_slot_is_busy() -> None:
     assert stats.batch_size_histogram == ((1, 1), (10, 1))
 
 
-async def test_next_batch_starts_before_the_last_ones_callers_resume() -> None:
-    """
-    A batch due when the slot frees goes at once (the follow-on, in the same task): fn is
-    called again before any caller of the batch that just ended has resumed, as a serial
-    device wants (no task switch through the scheduler in between).
-    """
-    events: list[str] = []
-    batch_of: dict[int, int] = {}
-
-    async def fn(items: list[int]) -> list[int]:
-        index = len(batch_of) // 4
-        batch_of.update(dict.fromkeys(items, index))
-        events.append(f"fn {index}")
-        await anyio.sleep(1.0)
-        return items
-
-    async def caller(value: int) -> None:
-        await scope.submit(value)
-        events.append(f"resumed {batch_of[value]}")
-
-    async with (
-        bs.BatchScope(fn, max_batch_size=4, max_wait=10.0) as scope,
-        anyio.create_task_group() as tg,
-    ):
-        for value in range(12):
-            tg.start_soon(caller, value)
-    assert events[:2] == ["fn 0", "fn 1"]
-    assert events[2:6] == ["resumed 0"] * 4
-    assert events[6] == "fn 2"
-    assert events[7:] == ["resumed 1"] * 4 + ["resumed 2"] * 4
-    assert scope.statistics().release_reasons["size"] == 3
-
-
 async def test_concurrent_batches_share_the_load() -> None:
     """With max_concurrent_batches=2, two batches run at once."""
     fake = FakeBatchFunction[int, int](delay=1.0)

@@ -1,8 +1,5 @@
 """
-The executor: runs dispatched batches in tasks of their own, calls fn, routes every outcome.
-
-A task runs the batch it was started for and then, while a batch is due the moment its
-slot frees, the next one (no task per batch under load).
+The executor: runs one task per dispatched batch, calls fn, routes every outcome.
 
 An async fn runs in the batch's own task; a sync fn runs in a worker thread (never on the
 event loop) through ``anyio.to_thread.run_sync`` with the scope's own capacity limiter.
@@ -149,19 +146,19 @@ class Executor(Generic[In, Out]):
         """Apply a new ``max_concurrent_batches`` (from the next batch)."""
         self._limiter.total_tokens = batches
 
-    def prepare(
-        self, items: list[Item[In, Out]], load: float, started: BatchStarted | None
-    ) -> Batch[In, Out]:
-        """Make *items* one running batch (to :meth:`start`, or to run as a follow-on)."""
+    def start(
+        self,
+        task_group: anyio.abc.TaskGroup,
+        items: list[Item[In, Out]],
+        load: float,
+        started: BatchStarted | None,
+    ) -> None:
+        """Run *items* as one batch in a new task of *task_group*."""
         batch = Batch(items, load, started)
         for item in items:
             item.batch = batch
             item.state = RUNNING
         self.running.add(batch)
-        return batch
-
-    def start(self, task_group: anyio.abc.TaskGroup, batch: Batch[In, Out]) -> None:
-        """Run *batch* in a new task of *task_group*."""
         task_group.start_soon(self._run, batch)
 
     def cancel_if_abandoned(self, batch: Batch[In, Out]) -> None:
@@ -198,21 +195,7 @@ class Executor(Generic[In, Out]):
             )
         return result
 
-    async def _run(self, batch: Batch[In, Out] | None) -> None:
-        """
-        Run *batch*; then, while the slot it frees has a batch due at once, that batch too,
-        in this same task (the scheduler's :meth:`~Scheduler.follow_on`).
-
-        A follow-on batch costs no task, and it starts before the callers of the batch
-        that just ended resume: a serial device goes straight on to its next batch, as
-        it would under a loop that calls fn inline.
-        """
-        scheduler = self._scope._scheduler
-        while batch is not None:
-            await self._run_one(batch)
-            batch = scheduler.follow_on()
-
-    async def _run_one(self, batch: Batch[In, Out]) -> None:
+    async def _run(self, batch: Batch[In, Out]) -> None:
         scope = self._scope
         recorder = scope._recorder
         items = batch.items
@@ -242,6 +225,7 @@ class Executor(Generic[In, Out]):
             latencies = recorder.latencies
             for item in items:
                 latencies.append(ended - item.arrival)
+            scope._scheduler.slot_freed()
             if batch.started is not None and scope._hooks is not None:
                 scope._hooks.call("batch_finished", _finished(batch, ended - started, ended))
         if scope._front is not None:

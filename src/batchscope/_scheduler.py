@@ -36,7 +36,7 @@ from ._pending import EXPIRED, QUEUED, WITHDRAWN, Item, Limits, Pool, Release
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from ._executor import Batch, Executor
+    from ._executor import Executor
     from ._scope import BatchScope
 
 __all__ = ["RunTimeModel", "Scheduler"]
@@ -149,9 +149,6 @@ class Scheduler(Generic[In, Out]):
         self._receiving = False
         self._poked = False
         self._waiting_for_slot = False
-        #: The channel has ended (the scope is closing): every pending item goes now.
-        self._draining = False
-        self._task_group: anyio.abc.TaskGroup | None = None
         #: How many times the scheduler has woken up (an idle scope must not).
         self.wakeups = 0
         #: Items set aside because their caller will give up before a batch could finish
@@ -196,51 +193,10 @@ class Scheduler(Generic[In, Out]):
             except anyio.ClosedResourceError:
                 pass  # the scope is closing: the end of the stream wakes it
 
-    def follow_on(self) -> Batch[In, Out] | None:
-        """
-        A batch just ended in an executor task: the batch due now for the slot it freed,
-        to run in that same task, or None (and the scheduler is woken if it waited for a
-        slot).
-
-        What is due is decided exactly as in :meth:`run`; only the task differs.
-        """
-        task_group = self._task_group
-        scope = self._scope
-        if (
-            task_group is not None
-            and scope._failure is None
-            and not task_group.cancel_scope.cancel_called
-        ):
-            if not self._draining:
-                self._draining = self._pull()
-            if self.pool.live and scope._recorder.in_flight < self._slots():
-                set_aside = len(self._limbo)
-                batch = self._take(self._limits(), scope._clock())
-                if len(self._limbo) != set_aside:
-                    self.wake()  # the scheduler keeps the timers of set-aside items
-                if batch is not None:
-                    return batch
+    def slot_freed(self) -> None:
+        """A batch ended: wake the scheduler if it was waiting for a free slot."""
         if self._waiting_for_slot:
             self.wake()
-        return None
-
-    def _slots(self) -> int:
-        """How many batches may run at once now."""
-        scope = self._scope
-        if scope._breaker is not None and scope._breaker.half_open:
-            return 1  # one trial batch at a time
-        return scope.config.max_concurrent_batches
-
-    def _take(self, limits: Limits, now: float) -> Batch[In, Out] | None:
-        """The batch the pool says is due at *now*, dispatched, or None."""
-        pool = self.pool
-        taken = pool.take(now, limits, self._draining)
-        if pool.expired:
-            self._limbo.update(dict.fromkeys(pool.expired, False))
-            pool.expired.clear()
-        if taken is None:
-            return None
-        return self._dispatch(taken[0], taken[1], now)
 
     def _pull(self) -> bool:
         """Move every item that has arrived into the pool; True at end of stream."""
@@ -262,28 +218,31 @@ class Scheduler(Generic[In, Out]):
         pool = self.pool
         receive = self._receive
         recorder = scope._recorder
+        draining = False
         limbo = self._limbo
-        executor = self._executor
-        self._task_group = task_group
         with receive:
             while True:
                 if scope._failure is not None or task_group.cancel_scope.cancel_called:
                     # The scope is failing (a crash, or the body raised): dispatch nothing
                     # more, whatever woke us; our own cancellation is on its way.
                     await anyio.sleep_forever()
-                if not self._draining:
-                    self._draining = self._pull()
-                draining = self._draining
-                limit = self._slots()
+                if not draining:
+                    draining = self._pull()
+                limit = scope.config.max_concurrent_batches
+                if scope._breaker is not None and scope._breaker.half_open:
+                    limit = 1  # one trial batch at a time
                 # Only a pool with items needs limits (an empty one is never due).
                 limits = self._limits() if pool.live else None
                 if limits is not None and recorder.in_flight < limit:
                     now = scope._clock()
                     while recorder.in_flight < limit:
-                        batch = self._take(limits, now)
-                        if batch is None:
+                        taken = pool.take(now, limits, draining)
+                        if pool.expired:
+                            limbo.update(dict.fromkeys(pool.expired, False))
+                            pool.expired.clear()
+                        if taken is None:
                             break
-                        executor.start(task_group, batch)
+                        self._dispatch(task_group, taken[0], taken[1], now)
                 if draining and not pool.live and not limbo:
                     return
 
@@ -315,7 +274,7 @@ class Scheduler(Generic[In, Out]):
                                 if item.state == QUEUED:
                                     pool.add(item)
                 except EndOfStream:
-                    self._draining = True
+                    draining = True
                 finally:
                     self._wait_scope = None
                     self._receiving = self._poked = self._waiting_for_slot = False
@@ -350,8 +309,13 @@ class Scheduler(Generic[In, Out]):
                 else:
                     limbo[item] = True
 
-    def _dispatch(self, items: list[Item[In, Out]], reason: Release, now: float) -> Batch[In, Out]:
-        """Count *items* out of the queue as one batch; the executor's batch to run."""
+    def _dispatch(
+        self,
+        task_group: anyio.abc.TaskGroup,
+        items: list[Item[In, Out]],
+        reason: Release,
+        now: float,
+    ) -> None:
         scope = self._scope
         recorder = scope._recorder
         size = len(items)
@@ -386,7 +350,7 @@ class Scheduler(Generic[In, Out]):
         if scope._hooks is not None:
             started = BatchStarted(size, load, reason, tuple(now - item.arrival for item in items))
             scope._hooks.call("batch_started", started)
-        return self._executor.prepare(items, load, started)
+        self._executor.start(task_group, items, load, started)
 
     def fail_waiting(self, error: BaseException) -> int:
         """End every item still queued or pooled with *error*; return how many."""
