@@ -94,7 +94,8 @@ def test_ratios_are_against_offline_sorted(fake_run: Run) -> None:
     assert offline.ratio == 1.0
     for record in throughput.values():
         assert record.reference == "offline-sorted"
-        assert record.ratio == pytest.approx(record.value / offline.value)  # type: ignore[operator]
+        assert record.value is not None and offline.value is not None
+        assert record.ratio == pytest.approx(record.value / offline.value)
 
 
 def test_event_loop_blocking_is_recorded(fake_run: Run) -> None:
