@@ -147,11 +147,29 @@ async def open_aiodataloader(
 async def open_ray(
     fn: BatchFn, *, max_batch_size: int, max_wait: float, policy: str = "fifo"
 ) -> AsyncIterator[Submit]:
-    """Ray Serve's ``serve.batch`` used as a plain decorator (no cluster needed)."""
-    from ray import serve
+    """
+    Ray Serve's ``serve.batch`` used as a plain decorator (no cluster needed).
 
-    batched_fn: Any = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=max_wait)(fn)
-    yield batched_fn
+    Ray 2.5x's batch queue looks up the enclosing deployment's ``max_ongoing_requests``
+    when it starts, only to log a warning; outside a deployment that look-up raises. It
+    is skipped here (the batching itself is untouched) and put back afterwards.
+    """
+    from ray import serve
+    from ray.serve import batching
+
+    queue: Any = getattr(batching, "_BatchQueue", None)
+    check = "_warn_if_max_batch_size_exceeds_max_ongoing_requests"
+    original = getattr(queue, check, None) if queue is not None else None
+    if original is not None:
+        setattr(queue, check, lambda self: None)
+    try:
+        batched_fn: Any = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=max_wait)(
+            fn
+        )
+        yield batched_fn
+    finally:
+        if original is not None:
+            setattr(queue, check, original)
 
 
 _ASYNCIO = frozenset({"asyncio", "uvloop"})
