@@ -75,6 +75,52 @@ async def test_items_accumulate_while_the_slot_is_busy() -> None:
     assert stats.batch_size_histogram == ((1, 1), (10, 1))
 
 
+async def test_arrivals_while_every_slot_is_busy_do_not_wake_the_scheduler() -> None:
+    """Items arriving during a batch join the pool quietly: no scheduler pass per item."""
+    fake = FakeBatchFunction[int, int](delay=1.0)
+    async with (
+        bs.BatchScope(fake, max_batch_size=100, max_wait=0.001) as scope,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(scope.submit, 0)
+        await anyio.sleep(0.5)  # batch [0] is running now
+        before = scope._scheduler.wakeups
+        for i in range(1, 51):
+            tg.start_soon(scope.submit, i)
+            await anyio.sleep(0.001)
+        during = scope._scheduler.wakeups - before
+    assert during == 0
+    assert [len(batch) for batch in fake.batches] == [1, 50]
+
+
+async def test_an_arrival_that_fills_the_batch_ends_the_wait_at_once() -> None:
+    """While a partial batch waits for its timer, the item that makes it full sends it."""
+    fake = FakeBatchFunction[int, int]()
+    async with (
+        bs.BatchScope(fake, max_batch_size=4, max_wait=1.0) as scope,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(scope.submit, 0)
+        await anyio.sleep(0.1)
+        for i in range(1, 4):
+            tg.start_soon(scope.submit, i)
+            await anyio.sleep(0.01)
+    assert fake.call_times == [pytest.approx(0.12)]
+    assert scope.statistics().release_reasons["size"] == 1
+
+
+async def test_a_later_arrival_with_a_deadline_shortens_the_wait() -> None:
+    """An item whose caller has a deadline, joining a waiting partial batch, moves its timer."""
+    fake = FakeBatchFunction[int, int]()
+    async with bs.BatchScope(fake, max_wait=1.0) as scope, anyio.create_task_group() as tg:
+        tg.start_soon(scope.submit, 1)  # no deadline: would wait a second
+        await anyio.sleep(0.1)
+        with anyio.fail_after(0.050):
+            assert await scope.submit(2) == 2
+    assert fake.call_times == [pytest.approx(0.147, abs=1e-5)]
+    assert scope.statistics().release_reasons["deadline"] == 1
+
+
 async def test_concurrent_batches_share_the_load() -> None:
     """With max_concurrent_batches=2, two batches run at once."""
     fake = FakeBatchFunction[int, int](delay=1.0)

@@ -8,9 +8,11 @@ scope is closing. Dispatch is pull-based: while every slot is busy the scheduler
 look at the clock at all, items simply accumulate and the next batch is larger.
 
 It waits in exactly one place: receiving from the channel, under a cancel scope only when
-a partial batch will come due (its timer). A running batch that frees a slot, or new
-options, wake it with a poke through the same channel (:data:`POKE`, never a live item),
-which costs a fraction of a cancellation. An idle scope waits in ``receive()`` with no
+a partial batch will come due (its timer). Arrivals that cannot change what is due (every
+slot busy, or one more item for a partial batch already timed) only join the pool; it
+looks again when one can. A running batch that frees a slot, or new options, wake it
+with a poke through the same channel (:data:`POKE`, never a live item), which costs a
+fraction of a cancellation. An idle scope waits in ``receive()`` with no
 deadline, and nothing wakes it until an item arrives. Once the scope is closing (the
 channel closed), it waits under a cancel scope that a freed slot cancels.
 
@@ -265,14 +267,10 @@ class Scheduler(Generic[In, Out]):
                         # the same way; a cancel scope is needed only for a timer.
                         self._receiving = True
                         if due == math.inf:
-                            item = await receive.receive()
-                            if item.state == QUEUED:
-                                pool.add(item)
+                            await self._gather()
                         else:
                             with anyio.CancelScope(deadline=due):
-                                item = await receive.receive()
-                                if item.state == QUEUED:
-                                    pool.add(item)
+                                await self._gather()
                 except EndOfStream:
                     draining = True
                 finally:
@@ -281,6 +279,42 @@ class Scheduler(Generic[In, Out]):
                 self.wakeups += 1
                 if limbo:
                     self._revive(limbo)
+
+    async def _gather(self) -> None:
+        """
+        Receive arrivals into the pool until one may change what is due (or a poke).
+
+        While every slot is busy nothing can be due: everything is gathered until a freed
+        slot pokes. Otherwise an arrival that starts a pool, fills a batch or carries a
+        deadline sends the scheduler back to look, as does every arrival when items have
+        a cost or a pooled caller has a deadline (the limits then move with each); any
+        other only joins the pool, under the same timer. Per arrival that is one receive,
+        not a pass of the scheduler and a new timer.
+        """
+        receive = self._receive
+        pool = self.pool
+        config = self._scope.config
+        size = config.max_batch_size
+        # With a cost, or a caller's deadline in the pool, the limits (and the run time
+        # a deadline is judged against) move with every arrival.
+        every_arrival_counts = (
+            config.cost is not None or not pool.live or pool.earliest_deadline() != math.inf
+        )
+        while True:
+            item = await receive.receive()
+            while True:
+                if item is POKE:
+                    return
+                if item.state == QUEUED:  # not withdrawn while in the channel
+                    pool.add(item)
+                    if not self._waiting_for_slot and (
+                        every_arrival_counts or pool.live >= size or item.deadline != math.inf
+                    ):
+                        return
+                try:
+                    item = receive.receive_nowait()
+                except WouldBlock:
+                    break
 
     def revive_now(self, item: Item[In, Out]) -> None:
         """A caller with a later deadline joined a set-aside item: back to the pool now."""
