@@ -302,6 +302,10 @@ class Pool(Protocol):
         """When a batch becomes due by timer or deadline; ``inf`` when the pool is empty."""
         ...
 
+    def earliest_deadline(self) -> float:
+        """The soonest caller deadline among live items (``inf`` when none)."""
+        ...
+
     def take(
         self, now: float, limits: Limits, draining: bool
     ) -> tuple[list[Item[Any, Any]], Release] | None:
