@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchscope._bucketing import LengthPool, bucket_of
+from batchscope._bucketing import AGING_FACTOR, LengthPool, bucket_of
 from batchscope._pending import (
     POOLED,
     RUNNING,
@@ -143,7 +143,11 @@ def test_length_batches_hold_similar_costs() -> None:
 @settings(max_examples=100, deadline=None)
 @given(costs=st.lists(st.integers(1, 512), min_size=2, max_size=200), size=st.integers(2, 32))
 def test_length_overdue_oldest_item_is_in_the_next_batch(costs: list[int], size: int) -> None:
-    """Aging: once the oldest item has waited max_wait, the next batch includes it."""
+    """
+    Aging: once the oldest item is overdue — it has waited max_wait and AGING_FACTOR
+    times the recent typical queue wait — the next batch includes it. (Under a backlog
+    where every item waits about as long, it is not overdue, and packing goes on.)
+    """
     pool = LengthPool()
     items: list[Item[Any, Any]] = [
         make_item(i, cost, arrival=i * 0.001) for i, cost in enumerate(costs)
@@ -151,15 +155,22 @@ def test_length_overdue_oldest_item_is_in_the_next_batch(costs: list[int], size:
     for item in items:
         pool.add(item)
     now = 0.0
+    overdue_takes = 0
     while pool.live:
         now += 0.5
         oldest = pool.oldest()
         assert oldest is not None
+        waited = now - oldest.arrival
+        overdue = waited >= 0.25 and waited >= AGING_FACTOR * pool._typical_wait
         result = pool.take(now, limits(size, wait=0.25), draining=False)
         assert result is not None
-        assert oldest in result[0]
+        if overdue:
+            overdue_takes += 1
+            assert oldest in result[0]
+            assert result[1] == "timer"
         for item in result[0]:
             item.state = RUNNING
+    assert overdue_takes >= 1  # the first take: no typical wait yet
 
 
 def test_priority_lower_first_fifo_within_aging_across() -> None:
