@@ -218,41 +218,20 @@ def check_targets(cells: list[Cell], records: list[Record]) -> list[Target]:
         for cell in cells
         if cell.scenario == "memory" and cell.implementation.startswith("batchscope")
     )
-    offline = [
-        c for c in cells if c.scenario == "realmodel" and c.implementation == "offline-sorted"
-    ]
-    one = [c for c in cells if c.scenario == "realmodel" and c.implementation == "one-at-a-time"]
-    for cell in cells:
-        if cell.scenario == "realmodel" and cell.implementation == "batchscope":
-            targets.append(
-                _target(
-                    f"real model {cell.backend} vs offline sorted",
-                    cell,
-                    0.9,
-                    use_ratio=True,
-                    at_most=False,
-                    limit_text="≥ 0.9x",
-                )
-            )
-            if one and offline:
-                vs_one = Cell(**{**cell.__dict__, "ratio": cell.value / one[0].value})
-                targets.append(
-                    _target(
-                        f"real model {cell.backend} vs one at a time",
-                        vs_one,
-                        1.6,
-                        use_ratio=True,
-                        at_most=False,
-                        limit_text="≥ 1.6x",
-                    )
-                )
-    targets.extend(_gpu_targets(cells, records))
+    targets.extend(_online_targets("realmodel", "real model", cells, records))
+    targets.extend(_online_targets("gpu", "GPU online", cells, records))
     return targets
 
 
-def _gpu_targets(cells: list[Cell], records: list[Record]) -> list[Target]:
-    """(h): online, the better of one and two batches in flight, per backend; n/a if not run."""
-    throughput = [c for c in cells if c.scenario == "gpu" and c.metric == "throughput"]
+def _online_targets(
+    scenario: str, label: str, cells: list[Cell], records: list[Record]
+) -> list[Target]:
+    """
+    (g) and (h): batchscope online against the offline sorted run (≥ 0.9x, its ratio)
+    and against one item at a time (≥ 1.6x), per backend; with several variants (the
+    GPU's batches in flight), the best one. n/a targets, with why, when it did not run.
+    """
+    throughput = [c for c in cells if c.scenario == scenario and c.metric == "throughput"]
     one = next((c for c in throughput if c.implementation == "one-at-a-time"), None)
     best: dict[str, Cell] = {}
     for cell in throughput:
@@ -261,42 +240,36 @@ def _gpu_targets(cells: list[Cell], records: list[Record]) -> list[Target]:
         if cell.backend not in best or cell.value > best[cell.backend].value:
             best[cell.backend] = cell
     if not best:
-        why = next((r.note for r in records if r.scenario == "gpu" and r.status != "ok"), "")
+        why = next((r.note for r in records if r.scenario == scenario and r.status != "ok"), "")
         note = f"not measured: {why}" if why else "not measured"
         return [
             _target(name, None, limit, use_ratio=True, limit_text=text, note=note)
             for name, limit, text in (
-                ("GPU online vs offline sorted", 0.9, "≥ 0.9x"),
-                ("GPU online vs one at a time", 1.6, "≥ 1.6x"),
+                (f"{label} vs offline sorted", 0.9, "≥ 0.9x"),
+                (f"{label} vs one at a time", 1.6, "≥ 1.6x"),
             )
         ]
     targets: list[Target] = []
     for backend in [b for b in BACKENDS if b in best]:
         cell = best[backend]
-        note = f"best: {cell.params.get('in_flight')} in flight"
-        targets.append(
-            _target(
-                f"GPU online {backend} vs offline sorted",
-                cell,
-                0.9,
-                use_ratio=True,
-                at_most=False,
-                limit_text="≥ 0.9x",
-                note=note,
-            )
-        )
+        in_flight = cell.params.get("in_flight")
+        note = f"best: {in_flight} in flight" if in_flight is not None else ""
         vs_one = None if one is None else Cell(**{**cell.__dict__, "ratio": cell.value / one.value})
-        targets.append(
-            _target(
-                f"GPU online {backend} vs one at a time",
-                vs_one,
-                1.6,
-                use_ratio=True,
-                at_most=False,
-                limit_text="≥ 1.6x",
-                note=note,
+        for name, measured, limit, text in (
+            (f"{label} {backend} vs offline sorted", cell, 0.9, "≥ 0.9x"),
+            (f"{label} {backend} vs one at a time", vs_one, 1.6, "≥ 1.6x"),
+        ):
+            targets.append(
+                _target(
+                    name,
+                    measured,
+                    limit,
+                    use_ratio=True,
+                    at_most=False,
+                    limit_text=text,
+                    note=note,
+                )
             )
-        )
     return targets
 
 
