@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 
 from ._core import Record, Settings, backend_available, safe_run, skipped
-from .implementations import IMPLS, Impl
+from .implementations import Impl, measurable
 from .overhead import identity
 
 __all__ = ["measure", "run"]
@@ -114,15 +114,7 @@ def run(settings: Settings) -> list[Record]:
         if missing:
             records.append(skipped(SCENARIO, "*", backend, missing))
             continue
-        impls: list[Impl] = []
-        for name in IMPLEMENTATIONS:
-            if not settings.wants(name):
-                continue
-            why = IMPLS[name].unavailable(backend)
-            if why:
-                records.append(skipped(SCENARIO, name, backend, why))
-            else:
-                impls.append(IMPLS[name])
+        impls = measurable(settings, SCENARIO, backend, IMPLEMENTATIONS, records)
         for run_index in range(settings.runs):
             baseline, error = safe_run(backend, measure, None, backend, settings.idle_seconds)
             base = baseline["loop_wakeups_per_s"] if baseline else None

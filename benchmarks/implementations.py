@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from ._core import Record, Settings, skipped
 from .references import BatchFn, Submit, open_event, open_floor, open_unbatched
 
 __all__ = ["IMPLS", "Impl", "length_policy_available"]
@@ -217,3 +218,24 @@ IMPLS: dict[str, Impl] = {
         ),
     )
 }
+
+
+def measurable(
+    settings: Settings,
+    scenario: str,
+    backend: str,
+    names: Iterable[str],
+    records: list[Record],
+) -> list[Impl]:
+    """The implementations of *names* wanted and runnable on *backend*; a skip for each other."""
+    impls: list[Impl] = []
+    for name in names:
+        if not settings.wants(name):
+            continue
+        impl = IMPLS[name]
+        why = impl.unavailable(backend)
+        if why:
+            records.append(skipped(scenario, name, backend, why))
+        else:
+            impls.append(impl)
+    return impls

@@ -34,7 +34,7 @@ from ._core import (
     safe_run,
     skipped,
 )
-from .implementations import IMPLS, Impl
+from .implementations import Impl, measurable
 from .overhead import reference
 
 __all__ = ["CAPACITY", "SerialDevice", "measure", "run"]
@@ -146,15 +146,7 @@ def run(settings: Settings) -> list[Record]:
         if missing:
             records.append(skipped(SCENARIO, "*", backend, missing))
             continue
-        impls: list[Impl] = []
-        for name in IMPLEMENTATIONS:
-            if not settings.wants(name):
-                continue
-            why = IMPLS[name].unavailable(backend)
-            if why:
-                records.append(skipped(SCENARIO, name, backend, why))
-            else:
-                impls.append(IMPLS[name])
+        impls = measurable(settings, SCENARIO, backend, IMPLEMENTATIONS, records)
         if settings.wants("unbatched"):
             records.append(
                 skipped(

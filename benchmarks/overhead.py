@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from ._core import Record, Settings, attach_ratios, backend_available, now, safe_run, skipped
-from .implementations import IMPLS, Impl
+from .implementations import Impl, measurable
 
 __all__ = ["measure", "reference", "run"]
 
@@ -67,16 +67,7 @@ def run(settings: Settings) -> list[Record]:
         if missing:
             records.append(skipped(SCENARIO, "*", backend, missing))
             continue
-        impls: list[Impl] = []
-        for name in IMPLEMENTATIONS:
-            if not settings.wants(name):
-                continue
-            impl = IMPLS[name]
-            why = impl.unavailable(backend)
-            if why:
-                records.append(skipped(SCENARIO, name, backend, why))
-            else:
-                impls.append(impl)
+        impls = measurable(settings, SCENARIO, backend, IMPLEMENTATIONS, records)
         backend_records: list[Record] = []
         for callers in settings.overhead_callers:
             for batch in settings.overhead_batches:
