@@ -82,3 +82,58 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def anyio_backend(request: pytest.FixtureRequest) -> Backend:
     """The backend and its options, built fresh for each test (a new clock each time)."""
     return BACKENDS[request.param]()
+
+
+class CpuHog:
+    """
+    A thread that keeps the CPU busy in pure Python, so the event loop's thread competes
+    for the GIL and its timers fire late, as on a loaded real server.
+
+    ``start()``/``stop()`` may be called several times; ``stop()`` joins the thread.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._threading = threading
+        self._stop = threading.Event()
+        self._thread: Any = None
+        #: Loop iterations done, so a test can show the hog really ran.
+        self.spins = 0
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for i in range(20_000):
+                total += i * i
+            self.spins += 1
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = self._threading.Thread(
+                target=self._spin, name="batchscope test cpu hog", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+
+@pytest.fixture
+def cpu_hog() -> Any:
+    """
+    A running :class:`CpuHog` for real-clock tests (stopped at teardown).
+
+    Real-clock tests assert outcomes and generous bounds, never tight times: a real loop's
+    timers fire late, which is what this makes happen.
+    """
+    hog = CpuHog()
+    hog.start()
+    try:
+        yield hog
+    finally:
+        hog.stop()
