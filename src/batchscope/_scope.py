@@ -50,10 +50,12 @@ from ._map import MapIterator, gather
 from ._pending import (
     ABANDONED,
     EXPIRED,
+    FOLLOWING,
     POOLED,
     QUEUED,
     RUNNING,
     WITHDRAWN,
+    CallbackItem,
     FifoPool,
     Item,
     Pool,
@@ -93,10 +95,18 @@ def _hook_runner(hooks: object, log: RateLimitedLog) -> HookRunner | None:
 
 
 def _check_priority(priority: object) -> None:
-    if type(priority) is int or type(priority) is float:
-        return  # the common case, without the ABC check below (per-item path)
-    if isinstance(priority, bool) or not isinstance(priority, numbers.Real):
-        raise TypeError(f"'priority' must be a number, not {type(priority).__name__}")
+    kind = type(priority)
+    if kind is int:
+        return  # the common case, without the checks below (per-item path)
+    if kind is not float:
+        if isinstance(priority, bool) or not isinstance(priority, numbers.Real):
+            raise TypeError(f"'priority' must be a number, not {kind.__name__}")
+        if isinstance(priority, numbers.Integral):
+            return
+    if not math.isfinite(cast(float, priority)):
+        # NaN compares false with everything (it would starve in the priority heap);
+        # an infinite rank defeats aging.
+        raise ValueError(f"'priority' must be a finite number, got {priority}")
 
 
 class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
@@ -520,6 +530,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         other caller (deduplicated onto it) still waits.
         """
         state = item.state
+        if state == FOLLOWING:
+            # An item of submit_many/map deduplicated onto another: its caller is one
+            # of the leader's.
+            item.state = WITHDRAWN
+            item = cast(CallbackItem[In, Out], item).leader  # type: ignore[assignment]
+            state = item.state
         recorder = self._recorder
         if self._hooks is not None and state in (QUEUED, POOLED, EXPIRED, RUNNING):
             self._hooks.call("item_cancelled", state == RUNNING)
@@ -541,12 +557,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             item.waiters -= 1
             if item.waiters:
                 return
-            item.state = ABANDONED
+            item.state = ABANDONED  # still its key's leader: an identical submit rejoins it
             batch = item.batch
             batch.live -= 1
             self._executor.cancel_if_abandoned(batch)
-            if self._front is not None:
-                self._front.forget(item)
 
     async def submit(self, item: In, *, priority: float = 0) -> Out:
         """
