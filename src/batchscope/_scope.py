@@ -124,7 +124,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             y = await scope.submit(x)
 
     Args:
-        fn: The batch function.
+        fn: The batch function. Its results must be a sequence (a list, a tuple, any
+            ``collections.abc.Sequence``, or a NumPy/CuPy/PyTorch array) of one result
+            per item; anything else fails the batch with ``TypeError``: a mapping, a
+            set, ``str``/``bytes``, and an iterator or generator (return a list).
         max_batch_size: Hard cap on items per batch.
         max_wait: Seconds (or a ``timedelta``) the oldest pending item waits at most for
             companions before a partial batch goes. A full batch goes at once. ``"auto"``
@@ -161,7 +164,9 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             :class:`AsyncCache`; hits skip the queue, failures are never cached.
         key: ``item -> hashable`` for the cache (the item itself without it); giving it
             also turns on in-flight deduplication: identical keys pending or running are
-            computed once for every caller (``submit`` only).
+            computed once for every caller (``submit``, ``submit_many``, ``map``). An
+            error in it fails that item with ``ValueError`` (an unhashable key:
+            ``TypeError``).
         hooks: :class:`Hooks` (or a list of them) that receive batch and item events;
             :mod:`batchscope.metrics` has Prometheus and OpenTelemetry exporters.
         collate: A :class:`Collator` that turns the item list into fn's input (say, one
@@ -571,7 +576,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         Args:
             item: The item to pass to the batch function.
-            priority: With ``policy="priority"``, lower goes first (ignored otherwise).
+            priority: With ``policy="priority"``, lower goes first (ignored otherwise);
+                a finite number.
 
         Returns:
             The result the batch function returned for this item.
@@ -582,8 +588,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             QueueFullError: The queue is full and ``on_full="reject"``.
             ItemTooLargeError: The item's cost exceeds ``max_batch_cost`` and
                 ``oversize="reject"``.
-            ValueError, TypeError: The ``cost`` function failed for this item, or
-                returned something that is not a number >= 0 (the message says which).
+            ValueError, TypeError: The ``cost`` or ``key`` function failed for this item,
+                or returned something that is not a number >= 0 (``cost``) or not
+                hashable (``key``), or *priority* is not a finite number (the message
+                says which).
             NoActiveScopeError: The scope has not been opened.
             BatchSizeMismatchError: fn returned the wrong number of results.
             Exception: Whatever fn raised for this item's batch, or returned at its
