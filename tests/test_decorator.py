@@ -110,6 +110,16 @@ async def test_priority_passes_through_to_submit() -> None:
     assert fake.batches == [[1]]
 
 
+async def test_a_non_finite_priority_is_refused(cpu_hog: Any) -> None:
+    """A call with priority=nan raises ValueError naming 'priority', as submit does."""
+    fake = FakeBatchFunction[int, int]()
+    ident = bs.batch(max_wait=0, policy="priority")(fake)
+    async with ident.serving():
+        with pytest.raises(ValueError, match="'priority' must be a finite number"):
+            await ident(1, priority=float("nan"))
+    assert fake.batches == []
+
+
 async def test_call_without_serving_raises_no_active_scope() -> None:
     """Calling with no open serving() raises NoActiveScopeError showing how to open one."""
 
