@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import threading
 import weakref
+from typing import Any
 
 import anyio
 import pytest
