@@ -111,6 +111,16 @@ def test_exception_of_fn_reaches_the_calling_thread_unchanged(
         assert scope.submit(2) == 2  # the scope goes on
 
 
+def test_a_non_finite_priority_is_refused(loop: dict[str, Any], cpu_hog: Any) -> None:
+    """A thread's submit with priority=nan raises ValueError naming 'priority'."""
+    fake = FakeBatchFunction[int, int]()
+    with bs.BlockingBatchScope(fake, **loop, policy="priority", max_wait=0) as scope:
+        with pytest.raises(ValueError, match="'priority' must be a finite number"):
+            scope.submit(1, priority=float("nan"))
+        assert scope.submit(2) == 2
+    assert fake.batches == [[2]]
+
+
 def test_per_item_exception_fails_only_that_item(loop: dict[str, Any]) -> None:
     """An Exception at an item's position fails that item alone, in submit_many too."""
     bad = ValueError("bad item")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import cachetools
@@ -260,3 +260,176 @@ async def test_cancelled_during_async_cache_lookup_still_adds_up() -> None:
         stats = scope.statistics()
     assert (stats.submitted, stats.cancelled) == (1, 1)
     check(stats)
+
+
+async def test_submit_many_deduplicates_identical_keys() -> None:
+    """With key=, submit_many([1, 1, 1, 2, 2]) computes 1 and 2 once each."""
+    fake = FakeBatchFunction[int, int](lambda x: x * 10)
+    async with bs.BatchScope(fake, key=lambda x: x, max_wait=0.01) as scope:
+        assert await scope.submit_many([1, 1, 1, 2, 2]) == [10, 10, 10, 20, 20]
+        stats = scope.statistics()
+    assert fake.batches == [[1, 2]]
+    assert (stats.deduplicated, stats.completed, stats.submitted) == (3, 5, 5)
+    check(stats)
+
+
+async def test_map_deduplicates_identical_keys() -> None:
+    """With key=, map computes each key once, in order, across and within batches."""
+    fake = FakeBatchFunction[int, int](lambda x: x * 10, delay=0.1)
+    async with bs.BatchScope(fake, key=lambda x: x, max_batch_size=2, max_wait=0.01) as scope:
+        got = [y async for y in scope.map([3, 3, 4, 3, 5, 4])]
+        stats = scope.statistics()
+    assert got == [30, 30, 40, 30, 50, 40]
+    assert sorted(fake.items) == [3, 4, 5]
+    assert (stats.deduplicated, stats.completed) == (3, 6)
+    check(stats)
+
+
+async def test_decorated_many_deduplicates_identical_keys() -> None:
+    """A batch(key=...)-decorated function's many() computes identical keys once."""
+    fake = FakeBatchFunction[str, str](str.upper)
+    upper = bs.batch(key=str.lower, max_wait=0.01)(fake)
+    async with upper.serving():
+        assert await upper.many(["a", "A", "b"]) == ["A", "A", "B"]
+    assert sorted(map(str.lower, fake.items)) == ["a", "b"]
+
+
+async def test_submit_joins_an_item_of_submit_many() -> None:
+    """A submit whose key an item of submit_many computes waits for that item."""
+    fake = FakeBatchFunction[int, int](lambda x: x * 10, delay=1.0)
+    got: list[object] = []
+    async with bs.BatchScope(fake, key=lambda x: x, max_wait=0) as scope:
+        async with anyio.create_task_group() as tg:
+
+            async def many() -> None:
+                got.append(await scope.submit_many([8, 9]))
+
+            tg.start_soon(many)
+            await anyio.sleep(0.1)  # the batch is running
+            assert await scope.submit(8) == 80
+        stats = scope.statistics()
+    assert got == [[80, 90]]
+    assert fake.batches == [[8, 9]]
+    assert (stats.deduplicated, stats.completed) == (1, 3)
+    check(stats)
+
+
+async def test_a_follower_of_submit_many_leaving_keeps_the_shared_work() -> None:
+    """A submit_many item deduplicated onto a running one leaves; the first caller is served."""
+    fake = FakeBatchFunction[int, int](delay=1.0)
+    got: list[int] = []
+    async with bs.BatchScope(fake, key=lambda x: x, max_wait=0) as scope:
+        async with anyio.create_task_group() as tg:
+
+            async def patient() -> None:
+                got.append(await scope.submit(5))
+
+            tg.start_soon(patient)
+            await anyio.sleep(0.1)  # the batch is running
+            with anyio.move_on_after(0.2):
+                await scope.submit_many([5, 5])  # join, then leave
+        stats = scope.statistics()
+    assert got == [5]
+    assert fake.batches == [[5]]
+    assert fake.cancelled_calls == 0
+    assert (stats.completed, stats.cancelled, stats.deduplicated) == (1, 2, 2)
+    check(stats)
+
+
+async def test_none_is_a_key_cached_and_deduplicated() -> None:
+    """None as an item (its own key) is deduplicated and cached like any other key."""
+    fake = FakeBatchFunction[Any, Any](lambda x: "none" if x is None else x)
+    cache: dict[Any, Any] = {}
+    async with bs.BatchScope(fake, cache=cache, key=lambda x: x, max_wait=0.01) as scope:
+        assert await scope.submit_many([None, None, 1]) == ["none", "none", 1]
+        assert await scope.submit(None) == "none"  # a hit
+        stats = scope.statistics()
+    assert fake.batches == [[None, 1]]
+    assert cache == {None: "none", 1: 1}
+    assert (stats.deduplicated, stats.cache_hits) == (1, 1)
+    check(stats)
+
+
+async def test_a_running_item_whose_caller_left_is_rejoined() -> None:
+    """An identical submit joins an abandoned item whose batch still runs: no recompute."""
+    fake = FakeBatchFunction[int, int](lambda x: x * 10, delay=1.0)
+    got: list[int] = []
+    async with bs.BatchScope(fake, key=lambda x: x, max_wait=0.01) as scope:
+        async with anyio.create_task_group() as tg:
+
+            async def other() -> None:
+                got.append(await scope.submit(6))  # keeps the batch running
+
+            async def leaving() -> None:
+                with anyio.move_on_after(0.2):
+                    await scope.submit(5)
+
+            tg.start_soon(other)
+            tg.start_soon(leaving)
+            await anyio.sleep(0.5)  # the batch [6, 5] runs; the caller of 5 has left
+            got.append(await scope.submit(5))
+        stats = scope.statistics()
+    assert sorted(got) == [50, 60]
+    assert len(fake.batches) == 1 and sorted(fake.batches[0]) == [5, 6]  # one call
+    assert (stats.completed, stats.cancelled, stats.deduplicated) == (2, 1, 1)
+    check(stats)
+
+
+async def test_a_cancelled_batch_is_not_rejoined() -> None:
+    """Once every caller of an async batch left (it is cancelled), the key computes anew."""
+    fake = FakeBatchFunction[int, int](delay=1.0)
+    async with bs.BatchScope(fake, key=lambda x: x, max_wait=0) as scope:
+        with anyio.move_on_after(0.2):
+            await scope.submit(5)
+        assert await scope.submit(5) == 5
+        stats = scope.statistics()
+    assert fake.batches == [[5], [5]]
+    assert fake.cancelled_calls == 1
+    assert (stats.completed, stats.cancelled, stats.deduplicated) == (1, 1, 0)
+    check(stats)
+
+
+async def test_a_failing_key_function_fails_its_submit() -> None:
+    """A key function that raises fails that submit with a ValueError naming 'key'."""
+    fake = FakeBatchFunction[dict[str, int], int](lambda d: d["k"])
+    async with bs.BatchScope(fake, key=lambda d: d["k"]) as scope:
+        with pytest.raises(ValueError, match="the 'key' function raised KeyError") as info:
+            await scope.submit({})
+        assert isinstance(info.value.__cause__, KeyError)
+        stats = scope.statistics()
+    assert fake.batches == []
+    assert stats.rejected == 1
+    check(stats)
+
+
+async def test_a_failing_key_function_fails_its_item_of_submit_many_alone() -> None:
+    """In submit_many(return_exceptions=True), only the item whose key failed fails."""
+    fake = FakeBatchFunction[dict[str, int], int](lambda d: d["k"])
+    async with bs.BatchScope(fake, key=lambda d: d["k"], max_wait=0.01) as scope:
+        outcomes = await scope.submit_many([{"k": 1}, {}, {"k": 2}], return_exceptions=True)
+        stats = scope.statistics()
+    assert outcomes[0] == 1 and outcomes[2] == 2
+    with pytest.raises(ValueError, match="the 'key' function raised KeyError for this item"):
+        raise cast(ValueError, outcomes[1])
+    assert fake.batches == [[{"k": 1}, {"k": 2}]]
+    assert (stats.completed, stats.rejected) == (2, 1)
+    check(stats)
+
+
+async def test_a_failing_key_function_fails_its_item_of_map_alone() -> None:
+    """In map(return_exceptions=True), the item whose key failed fails; the stream goes on."""
+    fake = FakeBatchFunction[dict[str, int], int](lambda d: d["k"])
+    async with bs.BatchScope(fake, key=lambda d: d["k"], max_wait=0.01) as scope:
+        got = [y async for y in scope.map([{"k": 1}, {}, {"k": 2}], return_exceptions=True)]
+    assert got[0] == 1 and got[2] == 2
+    assert isinstance(got[1], ValueError) and isinstance(got[1].__cause__, KeyError)
+
+
+async def test_an_unhashable_key_fails_its_item_of_submit_many_alone() -> None:
+    """A key function returning an unhashable key fails that item alone, saying so."""
+    fake = FakeBatchFunction[Any, Any]()
+    async with bs.BatchScope(fake, key=lambda x: x, max_wait=0.01) as scope:
+        outcomes = await scope.submit_many([1, [2], 3], return_exceptions=True)
+    assert outcomes[0] == 1 and outcomes[2] == 3
+    with pytest.raises(TypeError, match="the 'key' function must return a hashable key, got list"):
+        raise cast(TypeError, outcomes[1])

@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import threading
 import weakref
+from typing import Any
 
 import anyio
 import pytest
@@ -108,6 +109,16 @@ async def test_priority_passes_through_to_submit() -> None:
     async with ident.serving():
         assert await ident(1, priority=5) == 1
     assert fake.batches == [[1]]
+
+
+async def test_a_non_finite_priority_is_refused(cpu_hog: Any) -> None:
+    """A call with priority=nan raises ValueError naming 'priority', as submit does."""
+    fake = FakeBatchFunction[int, int]()
+    ident = bs.batch(max_wait=0, policy="priority")(fake)
+    async with ident.serving():
+        with pytest.raises(ValueError, match="'priority' must be a finite number"):
+            await ident(1, priority=float("nan"))
+    assert fake.batches == []
 
 
 async def test_call_without_serving_raises_no_active_scope() -> None:

@@ -108,6 +108,98 @@ async def test_non_sequence_result_is_a_clear_type_error() -> None:
             await scope.submit(1)
 
 
+def _as_dict(items: list[int]) -> Any:
+    return {item: item * 10 for item in items}
+
+
+def _as_set(items: list[int]) -> Any:
+    return {item * 10 for item in items}
+
+
+def _as_str(items: list[int]) -> Any:
+    return "".join(str(item) for item in items)
+
+
+def _as_generator(items: list[int]) -> Any:
+    return (item * 10 for item in items)
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [(_as_dict, "dict"), (_as_set, "set"), (_as_str, "str"), (_as_generator, "generator")],
+    ids=["dict", "set", "str", "generator"],
+)
+async def test_a_result_that_is_not_a_sequence_fails_the_batch(
+    make: Any, kind: str, cpu_hog: Any
+) -> None:
+    """A dict, set, str or generator of the right length is refused, never routed."""
+
+    async def fn(items: list[int]) -> Any:
+        return make(items)
+
+    async with bs.BatchScope[int, int](fn, max_wait=0.05) as scope:
+        outcomes = await scope.submit_many([3, 1, 2], return_exceptions=True)
+        stats = scope.statistics()
+    assert all(isinstance(outcome, TypeError) for outcome in outcomes)
+    with pytest.raises(TypeError, match=f"must return a sequence of results, got {kind} "):
+        raise cast(TypeError, outcomes[0])
+    assert (stats.failed, stats.completed) == (3, 0)
+
+
+async def test_an_array_like_result_is_routed(cpu_hog: Any) -> None:
+    """Results with __len__ and __getitem__ but not registered as a Sequence (arrays) work."""
+
+    class ArrayLike:
+        def __init__(self, values: list[int]) -> None:
+            self._values = values
+
+        def __len__(self) -> int:
+            return len(self._values)
+
+        def __getitem__(self, index: int) -> int:
+            return self._values[index]
+
+    async def fn(items: list[int]) -> Any:
+        return ArrayLike([item * 10 for item in items])
+
+    async with bs.BatchScope[int, int](fn, max_wait=0.05) as scope:
+        assert await scope.submit_many([3, 1, 2]) == [30, 10, 20]
+
+
+async def test_mismatch_message_counts_in_singular_and_plural(cpu_hog: Any) -> None:
+    """BatchSizeMismatchError says "1 result", "1 item" where there is one."""
+
+    async def one_result(items: list[int]) -> list[int]:
+        return [0]
+
+    async def no_result(items: list[int]) -> list[int]:
+        return []
+
+    async with bs.BatchScope(one_result, max_wait=0.05) as scope:
+        with pytest.raises(
+            bs.BatchSizeMismatchError, match=r"returned 1 result for a batch of 2 items$"
+        ):
+            await scope.submit_many([1, 2])
+    async with bs.BatchScope(no_result) as scope:
+        with pytest.raises(
+            bs.BatchSizeMismatchError, match=r"returned 0 results for a batch of 1 item$"
+        ):
+            await scope.submit(1)
+
+
+async def test_fn_raised_log_line_counts_in_singular(
+    caplog: pytest.LogCaptureFixture, cpu_hog: Any
+) -> None:
+    """The warning for a raising fn says "a batch of 1 item", not "1 item(s)"."""
+    fake = FakeBatchFunction[int, int](raise_on={1: ValueError("no")})
+    with caplog.at_level("WARNING", logger="batchscope"):
+        async with bs.BatchScope(fake) as scope:
+            with pytest.raises(ValueError, match="no"):
+                await scope.submit(1)
+    assert "raised ValueError for a batch of 1 item" in caplog.text
+    assert "item(s)" not in caplog.text
+
+
 async def test_sync_fn_runs_in_a_worker_thread() -> None:
     """A plain function is called in a worker thread, never on the event loop's thread."""
     loop_thread = threading.get_ident()

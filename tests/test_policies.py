@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import random
 from typing import Any, Literal
 
@@ -207,3 +208,16 @@ async def test_priority_must_be_a_number() -> None:
     async with bs.BatchScope(FakeBatchFunction[int, int]()) as scope:
         with pytest.raises(TypeError, match="'priority' must be a number"):
             await scope.submit(1, priority="high")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("priority", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+async def test_a_non_finite_priority_is_refused(priority: float) -> None:
+    """NaN (it would starve in the priority heap) and infinities raise ValueError naming it."""
+    fake = FakeBatchFunction[int, int]()
+    async with bs.BatchScope(fake, policy="priority", max_wait=0.01) as scope:
+        with pytest.raises(ValueError, match="'priority' must be a finite number"):
+            await scope.submit(1, priority=priority)
+        assert await scope.submit(2, priority=1.5) == 2
+        stats = scope.statistics()
+    assert fake.batches == [[2]]
+    assert stats.submitted == 1

@@ -17,7 +17,18 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar, cast, 
 import anyio
 import anyio.lowlevel
 
-from ._pending import DONE, EXPIRED, POOLED, QUEUED, RUNNING, Item, WaitedItem
+from ._pending import (
+    ABANDONED,
+    DONE,
+    EXPIRED,
+    NO_KEY,
+    POOLED,
+    QUEUED,
+    RUNNING,
+    CallbackItem,
+    Item,
+    WaitedItem,
+)
 
 if TYPE_CHECKING:
     from ._scope import BatchScope
@@ -171,15 +182,21 @@ def namespaced(cache: object, namespace: object) -> object:
     return _NamespacedMapping(cast("MutableMapping[Hashable, Any]", cache), namespace)
 
 
+def _left(item: CallbackItem[Any, Any]) -> None:
+    """The callback of an item whose caller left (it leads callers who joined later)."""
+
+
 class CacheFront(Generic[In, Out]):
     """
     What stands between ``submit`` and the queue when a scope has a cache or a ``key``.
 
-    A hit is answered at once (the queue never sees it). With ``key=``, a submit whose
-    key is already pending or running does not queue a second item: it waits for the
-    same one, which counts one more waiter (``Item.waiters``); the item is withdrawn or
-    its batch abandoned only when its last waiter has left. Results are cached when the
-    batch ends; failures never are.
+    A hit is answered at once (the queue never sees it). With ``key=``, a submit (or an
+    item of ``submit_many``/``map``) whose key is already pending or running does not
+    queue a second item: it waits for the same one, which counts one more waiter
+    (``Item.waiters``); the item is withdrawn or its batch abandoned only when its last
+    waiter has left. An abandoned item stays the key's leader while the call of fn that
+    covers it runs: an identical submit then rejoins it instead of computing again.
+    Results are cached when the batch ends; failures never are.
     """
 
     def __init__(
@@ -189,19 +206,81 @@ class CacheFront(Generic[In, Out]):
         self._cache = None if cache is None else CacheAdapter(cache)
         self._key_fn = key
         #: Leaders of in-flight deduplicated keys.
-        self._inflight: dict[Hashable, WaitedItem[In, Out]] = {}
+        self._inflight: dict[Hashable, Item[In, Out]] = {}
 
     def forget(self, item: Item[In, Out]) -> None:
         """Drop *item* from the in-flight keys, if it leads one."""
-        if item.key is not None and self._inflight.get(item.key) is item:
+        if item.key is not NO_KEY and self._inflight.get(item.key) is item:
             del self._inflight[item.key]
+
+    def register(self, item: Item[In, Out]) -> None:
+        """*item*, about to be queued, leads its key (with ``key=``)."""
+        if self._key_fn is not None:
+            self._inflight[item.key] = item
+
+    def leader(self, key: Hashable) -> Item[In, Out] | None:
+        """
+        The item computing *key* already (with ``key=``), for another caller to join.
+
+        An abandoned item whose result will still arrive is running again, with no
+        waiter yet: the joining caller counts itself in (``waiters``, statistics).
+        """
+        if self._key_fn is None:
+            return None
+        leader = self._inflight.get(key)
+        if leader is None:
+            return None
+        state = leader.state
+        if state == ABANDONED and self._scope._executor.will_end(leader):
+            leader.state = RUNNING
+            leader.waiters = 0
+            leader.batch.live += 1
+            if isinstance(leader, CallbackItem):
+                leader.signal = _left  # its own caller left: only the joiners hear of it
+            return leader
+        if state in (QUEUED, POOLED, EXPIRED, RUNNING):
+            return leader
+        return None
+
+    def follow(
+        self,
+        value: In,
+        key: Hashable,
+        index: int,
+        deadline: float,
+        callback: Callable[[CallbackItem[In, Out]], None],
+    ) -> CallbackItem[In, Out] | None:
+        """
+        An item of ``submit_many``/``map`` joins the item computing *key*, if any.
+
+        Returns its FOLLOWING item (counted as submitted and deduplicated), which ends
+        with the leader's outcome; None when no item computes *key*.
+        """
+        leader = self.leader(key)
+        if leader is None:
+            return None
+        scope = self._scope
+        recorder = scope._recorder
+        recorder.submitted += 1
+        recorder.deduplicated += 1
+        leader.waiters += 1
+        if leader.state == RUNNING:
+            recorder.running += 1
+        else:
+            recorder.pending += 1
+        if deadline > leader.deadline:
+            leader.deadline = deadline
+            scope._scheduler.revive_now(leader)
+        follower = CallbackItem[In, Out](value, 0, 0.0, scope._clock(), deadline, index, callback)
+        leader.lead(follower)
+        return follower
 
     async def settle(self, items: list[Item[In, Out]]) -> None:
         """After a batch: cache the successes, release the in-flight keys."""
         cache = self._cache
         for item in items:
             key = item.key
-            if key is None:
+            if key is NO_KEY:
                 continue
             self.forget(item)
             if cache is not None and item.state == DONE and item.error is None:
@@ -217,10 +296,22 @@ class CacheFront(Generic[In, Out]):
 
     def _key_of(self, value: In) -> Hashable:
         key_fn = self._key_fn
-        key = value if key_fn is None else key_fn(value)
+        if key_fn is None:
+            key: object = value
+        else:
+            try:
+                key = key_fn(value)
+            except Exception as exc:
+                raise ValueError(
+                    f"the 'key' function raised {type(exc).__name__} for this item: {exc}"
+                ) from exc
         try:
             hash(key)
         except TypeError:
+            if key_fn is not None:
+                raise TypeError(
+                    f"the 'key' function must return a hashable key, got {type(key).__name__}"
+                ) from None
             raise TypeError(
                 f"the cache key of this item ({type(key).__name__}) is not hashable; "
                 f"pass key= to BatchScope to derive a hashable key"
@@ -261,8 +352,8 @@ class CacheFront(Generic[In, Out]):
             await anyio.lowlevel.checkpoint()
             return cast(Out, hit)
         deadline = scope._deadline()
-        leader = self._inflight.get(key) if self._key_fn is not None else None
-        if leader is not None and leader.state in (QUEUED, POOLED, EXPIRED, RUNNING):
+        leader = self.leader(key)
+        if leader is not None:
             # Someone is computing this key already: wait for the same item.
             recorder.deduplicated += 1
             leader.waiters += 1
@@ -274,7 +365,8 @@ class CacheFront(Generic[In, Out]):
                 leader.deadline = deadline
                 # Set aside for the first caller's deadline? This one can wait longer.
                 scope._scheduler.revive_now(leader)
-            return await scope._wait(leader, follower=True)
+            # A follower parks on an event of its own, whatever kind of item leads.
+            return await scope._wait(cast("WaitedItem[In, Out]", leader), follower=True)
         cost = await scope._admit(item, count=False)
         waited = scope._item_type(
             item, priority, cost, scope._clock(), deadline, scope._new_signal()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence, Set
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 import anyio
@@ -97,6 +97,40 @@ def check_collator(collate: object) -> None:
             )
 
 
+#: What is never a sequence of results, though it has a length or can be iterated.
+_NOT_RESULTS = (str, bytes, bytearray, memoryview, Mapping, Set, Iterator)
+
+
+def _items(count: int) -> str:
+    """``"1 item"``, ``"2 items"``."""
+    return f"{count} item" if count == 1 else f"{count} items"
+
+
+def count_results(results: object) -> int:
+    """
+    The number of results in fn's (or a collator's ``split``) output; TypeError if it
+    is not a sequence of results.
+
+    A sequence is a ``collections.abc.Sequence`` (list, tuple...) or an array (NumPy,
+    CuPy, PyTorch: it has ``__len__`` and ``__getitem__``). Refused, because their
+    order or their items are not one result per item: a mapping (its keys), a set
+    (no order), ``str``/``bytes`` (characters), and an iterator or generator (it would
+    run lazily on the event loop, and has no length to check).
+    """
+    kind = type(results)
+    if kind is list or kind is tuple:
+        return len(cast("Sequence[object]", results))
+    if not isinstance(results, _NOT_RESULTS) and hasattr(kind, "__getitem__"):
+        try:
+            return len(cast("Sequence[object]", results))
+        except TypeError:
+            pass  # no __len__, or an array of zero dimensions
+    raise TypeError(
+        f"the batch function must return a sequence of results, got {kind.__name__} "
+        f"(one result per item: a list, a tuple, an array)"
+    )
+
+
 def is_async_callable(fn: object) -> bool:
     """Whether calling *fn* returns a coroutine (coroutine functions, partials, objects)."""
     if inspect.iscoroutinefunction(fn):
@@ -108,7 +142,7 @@ def is_async_callable(fn: object) -> bool:
 class Batch(Generic[In, Out]):
     """One dispatched batch: its items and what is needed to cancel it."""
 
-    __slots__ = ("cancel_scope", "failed", "items", "live", "load", "started")
+    __slots__ = ("calling", "cancel_scope", "failed", "items", "live", "load", "started")
 
     def __init__(
         self, items: list[Item[In, Out]], load: float, started: BatchStarted | None
@@ -123,6 +157,8 @@ class Batch(Generic[In, Out]):
         #: Items whose callers still wait for this batch.
         self.live = len(items)
         self.cancel_scope: anyio.CancelScope | None = None
+        #: The items of the call of fn running now (their outcomes are still to come).
+        self.calling: list[Item[In, Out]] | None = None
 
 
 class Executor(Generic[In, Out]):
@@ -165,6 +201,19 @@ class Executor(Generic[In, Out]):
         """Cancel an async batch once its last caller has left."""
         if batch.live == 0 and self._is_async and batch.cancel_scope is not None:
             batch.cancel_scope.cancel()
+
+    def will_end(self, item: Item[In, Out]) -> bool:
+        """
+        Whether the outcome of an abandoned *item* is still to come: a call of fn that
+        covers it runs now and its batch is not cancelled (so a caller may rejoin it).
+        """
+        batch: Batch[In, Out] | None = item.batch
+        if batch is None or batch.calling is None:
+            return False
+        cancel_scope = batch.cancel_scope
+        if cancel_scope is not None and cancel_scope.cancel_called:
+            return False
+        return any(other is item for other in batch.calling)
 
     async def _call(self, values: list[In]) -> Any:
         collator = self._collator
@@ -282,9 +331,9 @@ class Executor(Generic[In, Out]):
                 self._scope._log.log(
                     logging.WARNING,
                     f"fn-raised:{type(exc).__name__}",
-                    "batchscope: the batch function raised %s for a batch of %d item(s)%s",
+                    "batchscope: the batch function raised %s for a batch of %s%s",
                     type(exc).__name__,
-                    len(live),
+                    _items(len(live)),
                     "; isolating the failing items" if config.isolate_failures else "",
                 )
                 if config.isolate_failures and len(live) > 1:
@@ -334,11 +383,16 @@ class Executor(Generic[In, Out]):
         timeout = scope.config.batch_timeout
         clock = scope._clock
         started = clock()
-        if timeout is None:
-            results = await self._call(values)
-        else:
-            with anyio.fail_after(timeout):
+        batch: Batch[In, Out] = items[0].batch
+        batch.calling = items
+        try:
+            if timeout is None:
                 results = await self._call(values)
+            else:
+                with anyio.fail_after(timeout):
+                    results = await self._call(values)
+        finally:
+            batch.calling = None  # routed right after, with no checkpoint between
         if timed is not None:
             scope._scheduler.model.observe(timed.load, clock() - started)
         return results
@@ -354,25 +408,16 @@ class Executor(Generic[In, Out]):
         exception result is one of *retry_on*, left running for another attempt.
         """
         try:
-            count = len(results)
-        except TypeError:
-            try:
-                results = list(results)
-            except TypeError:
-                self.fail_all(
-                    items,
-                    TypeError(
-                        f"the batch function must return a sequence of results, "
-                        f"got {type(results).__name__}"
-                    ),
-                )
-                return []
-            count = len(results)
+            count = count_results(results)
+        except TypeError as exc:
+            self.fail_all(items, exc)
+            return []
         if count != len(items):
             self.fail_all(
                 items,
                 BatchSizeMismatchError(
-                    f"the batch function returned {count} results for a batch of {len(items)} items"
+                    f"the batch function returned {count} result{'' if count == 1 else 's'} "
+                    f"for a batch of {_items(len(items))}"
                 ),
             )
             return []

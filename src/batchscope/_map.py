@@ -20,7 +20,7 @@ from anyio import WouldBlock
 
 from ._cache import MISSING
 from ._exceptions import BatchScopeError, ScopeClosedError
-from ._pending import CallbackItem
+from ._pending import NO_KEY, CallbackItem
 from ._progress import ProgressBar
 
 if TYPE_CHECKING:
@@ -42,25 +42,34 @@ async def _enqueue(
     """
     One item of many through the scope's front door: cache, admission, the queue.
 
-    The item comes back queued, or already ended: answered from the cache, or failed
-    because it was refused (queue full, scope closed, too large, bad cost or key) — that
-    item alone. Either way *callback* hears of its end like any other item's.
+    The item comes back queued, following an identical one (``key=``), or already
+    ended: answered from the cache, or failed because it was refused (queue full, scope
+    closed, too large, bad cost or key, a failing cache look-up) — that item alone.
+    Either way *callback* hears of its end like any other item's.
     """
-    key = None
+    key = NO_KEY
+    front = scope._front
     try:
-        if scope._front is not None:
+        if front is not None:
+            if scope._state != "open":
+                raise scope._closed_now()
             try:
-                key, hit = await scope._front.lookup(value)
-            except Exception:
+                key, hit = await front.lookup(value)
+            except Exception as exc:  # the key function, the key, the cache's get
                 scope._recorder.submitted += 1
                 scope._reject("bad_key")
-                raise
+                item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, callback)
+                item.fail(exc)
+                return item
             if hit is not MISSING:
                 scope._recorder.submitted += 1
                 scope._recorder.completed += 1
                 item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, callback)
                 item.succeed(hit)
                 return item
+            follower = front.follow(value, key, index, deadline, callback)
+            if follower is not None:
+                return follower
         cost = await scope._admit(value)
     except (BatchScopeError, ValueError, TypeError) as exc:
         item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, callback)
@@ -68,6 +77,8 @@ async def _enqueue(
         return item
     item = CallbackItem(value, 0, cost, scope._clock(), deadline, index, callback)
     item.key = key
+    if front is not None:
+        front.register(item)
     scope._queue(item)
     return item
 

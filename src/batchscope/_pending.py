@@ -12,6 +12,11 @@ batch takes it, and ends exactly once: with a result, with an exception, or canc
        │      EXPIRED ──────────────► WITHDRAWN     (caller left before dispatch)
        └────────────────────────────► WITHDRAWN
 
+An ABANDONED item goes back to RUNNING when an identical submit (``key=``) joins it while
+the call of fn that covers it still runs: its result will still arrive. A ``submit_many``
+or ``map`` item deduplicated onto another is FOLLOWING: never queued, it ends when its
+leader does, with the leader's outcome (or WITHDRAWN if its caller leaves first).
+
 Whoever moves an item out of QUEUED/POOLED/EXPIRED/RUNNING ends it; every later attempt
 sees the new state and does nothing, which is what makes completion exactly-once.
 
@@ -44,6 +49,8 @@ __all__ = [
     "ABANDONED",
     "DONE",
     "EXPIRED",
+    "FOLLOWING",
+    "NO_KEY",
     "POOLED",
     "QUEUED",
     "RUNNING",
@@ -70,6 +77,20 @@ DONE = 3
 WITHDRAWN = 4
 ABANDONED = 5
 EXPIRED = 6
+FOLLOWING = 7
+
+
+class _NoKey:
+    """The type of :data:`NO_KEY`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_KEY"
+
+
+#: ``Item.key`` of an item with no cache / deduplication key (``None`` is a real key).
+NO_KEY: Any = _NoKey()
 
 #: Why a batch left the pool: ``size``, ``cost``, ``timer``, ``deadline`` or ``drain``.
 Release = str
@@ -126,12 +147,13 @@ class Item(ABC, Generic[In, Out]):
         self.error_tb: TracebackType | None = None
         #: The running batch holding this item (set at dispatch), for cancellation.
         self.batch: Any = None
-        #: The cache / deduplication key (None when the scope has neither).
-        self.key: Any = None
+        #: The cache / deduplication key (NO_KEY when the scope has neither).
+        self.key: Any = NO_KEY
         #: Callers waiting for this item: 1, plus those deduplicated onto it.
         self.waiters = 1
-        #: The events of callers deduplicated onto a WaitedItem (None until one joins).
-        self.followers: list[anyio.Event] | None = None
+        #: Callers deduplicated onto this item (None until one joins): the event a
+        #: ``submit`` caller parks on, or the FOLLOWING item of ``submit_many``/``map``.
+        self.followers: list[anyio.Event | CallbackItem[In, Out]] | None = None
 
     def succeed(self, result: Out) -> None:
         """End the item with *result* (the caller checked that it was still live)."""
@@ -157,7 +179,36 @@ class Item(ABC, Generic[In, Out]):
 
     @abstractmethod
     def _notify(self) -> None:
-        """Wake whoever waits for this item."""
+        """Wake whoever waits for this item (its followers too)."""
+
+    def follow(self) -> anyio.Event:
+        """A deduplicated ``submit`` caller joins: the event it parks on."""
+        event = anyio.Event()
+        if self.followers is None:
+            self.followers = [event]
+        else:
+            self.followers.append(event)
+        return event
+
+    def lead(self, follower: CallbackItem[In, Out]) -> None:
+        """A ``submit_many``/``map`` item joins this one: it ends with this item's outcome."""
+        follower.state = FOLLOWING
+        follower.leader = self
+        if self.followers is None:
+            self.followers = [follower]
+        else:
+            self.followers.append(follower)
+
+    def _wake_followers(self) -> None:
+        for follower in self.followers or ():
+            if isinstance(follower, anyio.Event):
+                follower.set()
+            elif follower.state == FOLLOWING:  # not withdrawn by its caller
+                follower.result = self.result
+                follower.error = self.error
+                follower.error_tb = self.error_tb
+                follower.state = DONE
+                follower._notify()
 
 
 class WaitedItem(Item[In, Out]):
@@ -166,8 +217,8 @@ class WaitedItem(Item[In, Out]):
 
     The caller that submitted it parks on ``signal`` (:meth:`park`); how depends on the
     event loop, so each backend has its subclass (``_completion``). Callers deduplicated
-    onto the item (``key=``) each park on an ``anyio.Event`` of their own in
-    ``followers``: one follower leaving never disturbs the others.
+    onto an item (``key=``, of any kind) each park on an ``anyio.Event`` of their own
+    in ``followers`` (:meth:`Item.follow`): one follower leaving never disturbs the others.
     """
 
     __slots__ = ()
@@ -184,29 +235,16 @@ class WaitedItem(Item[In, Out]):
     def _wake(self) -> None:
         """Wake the submitting caller, if it is still parked (a no-op if it left)."""
 
-    def follow(self) -> anyio.Event:
-        """A deduplicated caller joins: the event it parks on."""
-        event = anyio.Event()
-        if self.followers is None:
-            self.followers = [event]
-        else:
-            self.followers.append(event)
-        return event
-
     def _notify(self) -> None:
         self._wake()
         if self.followers is not None:
             self._wake_followers()
 
-    def _wake_followers(self) -> None:
-        for event in self.followers or ():
-            event.set()
-
 
 class CallbackItem(Item[In, Out]):
     """An item that reports its end to a callback (its ``signal``): submit_many and map."""
 
-    __slots__ = ("index",)
+    __slots__ = ("index", "leader")
 
     def __init__(
         self,
@@ -220,9 +258,13 @@ class CallbackItem(Item[In, Out]):
     ) -> None:
         super().__init__(value, priority, cost, arrival, deadline, callback)
         self.index = index
+        #: The item this one follows (state FOLLOWING), else None.
+        self.leader: Item[In, Out] | None = None
 
     def _notify(self) -> None:
         self.signal(self)
+        if self.followers is not None:
+            self._wake_followers()
 
 
 @attrs.frozen

@@ -50,10 +50,12 @@ from ._map import MapIterator, gather
 from ._pending import (
     ABANDONED,
     EXPIRED,
+    FOLLOWING,
     POOLED,
     QUEUED,
     RUNNING,
     WITHDRAWN,
+    CallbackItem,
     FifoPool,
     Item,
     Pool,
@@ -93,10 +95,18 @@ def _hook_runner(hooks: object, log: RateLimitedLog) -> HookRunner | None:
 
 
 def _check_priority(priority: object) -> None:
-    if type(priority) is int or type(priority) is float:
-        return  # the common case, without the ABC check below (per-item path)
-    if isinstance(priority, bool) or not isinstance(priority, numbers.Real):
-        raise TypeError(f"'priority' must be a number, not {type(priority).__name__}")
+    kind = type(priority)
+    if kind is int:
+        return  # the common case, without the checks below (per-item path)
+    if kind is not float:
+        if isinstance(priority, bool) or not isinstance(priority, numbers.Real):
+            raise TypeError(f"'priority' must be a number, not {kind.__name__}")
+        if isinstance(priority, numbers.Integral):
+            return
+    if not math.isfinite(cast(float, priority)):
+        # NaN compares false with everything (it would starve in the priority heap);
+        # an infinite rank defeats aging.
+        raise ValueError(f"'priority' must be a finite number, got {priority}")
 
 
 class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
@@ -114,7 +124,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             y = await scope.submit(x)
 
     Args:
-        fn: The batch function.
+        fn: The batch function. Its results must be a sequence (a list, a tuple, any
+            ``collections.abc.Sequence``, or a NumPy/CuPy/PyTorch array) of one result
+            per item; anything else fails the batch with ``TypeError``: a mapping, a
+            set, ``str``/``bytes``, and an iterator or generator (return a list).
         max_batch_size: Hard cap on items per batch.
         max_wait: Seconds (or a ``timedelta``) the oldest pending item waits at most for
             companions before a partial batch goes. A full batch goes at once. ``"auto"``
@@ -151,7 +164,9 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             :class:`AsyncCache`; hits skip the queue, failures are never cached.
         key: ``item -> hashable`` for the cache (the item itself without it); giving it
             also turns on in-flight deduplication: identical keys pending or running are
-            computed once for every caller (``submit`` only).
+            computed once for every caller (``submit``, ``submit_many``, ``map``). An
+            error in it fails that item with ``ValueError`` (an unhashable key:
+            ``TypeError``).
         hooks: :class:`Hooks` (or a list of them) that receive batch and item events;
             :mod:`batchscope.metrics` has Prometheus and OpenTelemetry exporters.
         collate: A :class:`Collator` that turns the item list into fn's input (say, one
@@ -520,6 +535,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         other caller (deduplicated onto it) still waits.
         """
         state = item.state
+        if state == FOLLOWING:
+            # An item of submit_many/map deduplicated onto another: its caller is one
+            # of the leader's.
+            item.state = WITHDRAWN
+            item = cast(CallbackItem[In, Out], item).leader  # type: ignore[assignment]
+            state = item.state
         recorder = self._recorder
         if self._hooks is not None and state in (QUEUED, POOLED, EXPIRED, RUNNING):
             self._hooks.call("item_cancelled", state == RUNNING)
@@ -541,12 +562,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             item.waiters -= 1
             if item.waiters:
                 return
-            item.state = ABANDONED
+            item.state = ABANDONED  # still its key's leader: an identical submit rejoins it
             batch = item.batch
             batch.live -= 1
             self._executor.cancel_if_abandoned(batch)
-            if self._front is not None:
-                self._front.forget(item)
 
     async def submit(self, item: In, *, priority: float = 0) -> Out:
         """
@@ -557,7 +576,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         Args:
             item: The item to pass to the batch function.
-            priority: With ``policy="priority"``, lower goes first (ignored otherwise).
+            priority: With ``policy="priority"``, lower goes first (ignored otherwise);
+                a finite number.
 
         Returns:
             The result the batch function returned for this item.
@@ -568,8 +588,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             QueueFullError: The queue is full and ``on_full="reject"``.
             ItemTooLargeError: The item's cost exceeds ``max_batch_cost`` and
                 ``oversize="reject"``.
-            ValueError, TypeError: The ``cost`` function failed for this item, or
-                returned something that is not a number >= 0 (the message says which).
+            ValueError, TypeError: The ``cost`` or ``key`` function failed for this item,
+                or returned something that is not a number >= 0 (``cost``) or not
+                hashable (``key``), or *priority* is not a finite number (the message
+                says which).
             NoActiveScopeError: The scope has not been opened.
             BatchSizeMismatchError: fn returned the wrong number of results.
             Exception: Whatever fn raised for this item's batch, or returned at its
