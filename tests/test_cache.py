@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 
 def check(stats: bs.BatchStatistics) -> None:
     ended = stats.completed + stats.failed + stats.cancelled + stats.rejected
-    assert stats.submitted == ended + stats.pending + stats.running
+    assert stats.submitted == ended + stats.admitting + stats.pending + stats.running
 
 
 async def test_cache_hit_skips_the_queue() -> None:

@@ -95,3 +95,158 @@ async def test_caller_waiting_for_room_can_be_cancelled() -> None:
         stats = scope.statistics()
     assert [sorted(b) for b in fake.batches] == [[1], [2]]
     assert (stats.submitted, stats.completed, stats.cancelled) == (3, 2, 1)
+
+
+def _adds_up(stats: bs.BatchStatistics) -> bool:
+    """The statistics invariant, at any moment."""
+    ended = stats.completed + stats.failed + stats.cancelled + stats.rejected
+    return stats.submitted == ended + stats.admitting + stats.pending + stats.running
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["result", "raises"])
+async def test_caller_cancelled_as_its_batch_ends_counts_cancelled(fails: bool) -> None:
+    """A caller cancelled in the tick its batch ends counts cancelled, whatever fn returned."""
+    caller = anyio.CancelScope()
+
+    async def fn(items: list[int]) -> list[int]:
+        await anyio.sleep(1)
+        caller.cancel()  # lands as the batch ends: the item is ended, its caller cancelled
+        if fails:
+            raise ValueError("the batch failed")
+        return items
+
+    async with bs.BatchScope(fn, max_wait=0) as scope:
+        with caller:
+            await scope.submit(1)
+        stats = scope.statistics()
+    assert caller.cancelled_caught
+    assert (stats.submitted, stats.completed, stats.failed, stats.cancelled) == (1, 0, 0, 1)
+
+
+async def test_follower_cancelled_as_the_shared_batch_ends_counts_cancelled() -> None:
+    """A deduplicated caller cancelled as the shared item ends counts cancelled, not completed."""
+    follower = anyio.CancelScope()
+    results: list[int] = []
+
+    async def fn(items: list[int]) -> list[int]:
+        await anyio.sleep(1)
+        follower.cancel()
+        return items
+
+    async def follow(scope: bs.BatchScope[int, int]) -> None:
+        with follower:
+            await scope.submit(1)
+
+    async with bs.BatchScope(fn, max_wait=0.1, key=lambda x: x) as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow, scope)
+            await anyio.sleep(0.01)
+            results.append(await scope.submit(1))
+        stats = scope.statistics()
+    assert results == [1]
+    assert follower.cancelled_caught
+    assert (stats.submitted, stats.deduplicated) == (2, 1)
+    assert (stats.completed, stats.failed, stats.cancelled) == (1, 0, 1)
+
+
+async def test_submit_many_cancelled_as_its_batch_ends_counts_every_item_cancelled() -> None:
+    """A submit_many caller cancelled as its batch ends: every item counts cancelled."""
+    caller = anyio.CancelScope()
+
+    async def fn(items: list[int]) -> list[int]:
+        await anyio.sleep(1)
+        caller.cancel()
+        return items
+
+    async with bs.BatchScope(fn, max_wait=0) as scope:
+        with caller:
+            await scope.submit_many([1, 2, 3])
+        stats = scope.statistics()
+    assert caller.cancelled_caught
+    assert (stats.submitted, stats.completed, stats.cancelled) == (3, 0, 3)
+
+
+async def test_map_items_ended_but_not_handed_out_count_cancelled() -> None:
+    """Closing a map stream: items that ended but were never yielded count cancelled."""
+    fake = FakeBatchFunction[int, int](delay=1.0)
+    async with bs.BatchScope(fake, max_batch_size=4, max_wait=0.1) as scope:
+        async with scope.map(range(4)) as results:
+            assert await results.__anext__() == 0  # the whole batch has ended by now
+        stats = scope.statistics()
+    assert fake.batches == [[0, 1, 2, 3]]
+    assert (stats.submitted, stats.completed, stats.cancelled) == (4, 1, 3)
+
+
+async def test_caller_waiting_for_room_counts_as_admitting() -> None:
+    """A submit waiting for room in a full queue counts in 'admitting' until it is queued."""
+    fake = FakeBatchFunction[int, int](delay=1.0)
+    async with bs.BatchScope(fake, max_queue_size=1, max_wait=0) as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scope.submit, 1)  # running
+            await anyio.sleep(0.1)
+            tg.start_soon(scope.submit, 2)  # pending, fills the queue
+            await anyio.sleep(0.1)
+            tg.start_soon(scope.submit, 3)  # waits for room
+            await anyio.sleep(0.1)
+            waiting = scope.statistics()
+            await anyio.sleep(1)  # batch [1] ends, [2] runs, 3 is queued
+            queued = scope.statistics()
+        stats = scope.statistics()
+    assert (waiting.submitted, waiting.running, waiting.pending, waiting.admitting) == (3, 1, 1, 1)
+    assert _adds_up(waiting)
+    assert (queued.completed, queued.running, queued.pending, queued.admitting) == (1, 1, 1, 0)
+    assert _adds_up(queued)
+    assert (stats.completed, stats.admitting) == (3, 0)
+
+
+class _SlowCache:
+    """An async cache that takes 1 s to answer (always a miss)."""
+
+    async def get(self, key: object) -> object:
+        await anyio.sleep(1)
+        return bs.MISSING
+
+    async def set(self, key: object, value: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["submit", "submit_many"])
+async def test_caller_waiting_for_async_cache_counts_as_admitting(many: bool) -> None:
+    """A submit waiting for an async cache look-up counts in 'admitting', and adds up."""
+    fake = FakeBatchFunction[int, int]()
+    async with bs.BatchScope(fake, cache=_SlowCache(), max_wait=0) as scope:
+        async with anyio.create_task_group() as tg:
+            if many:
+                tg.start_soon(scope.submit_many, [1])
+            else:
+                tg.start_soon(scope.submit, 1)
+            await anyio.sleep(0.5)
+            looking_up = scope.statistics()
+        stats = scope.statistics()
+    assert (looking_up.submitted, looking_up.admitting, looking_up.pending) == (1, 1, 0)
+    assert _adds_up(looking_up)
+    assert (stats.submitted, stats.completed, stats.admitting) == (1, 1, 0)
+
+
+async def test_scope_closing_during_async_cache_lookup_counts_rejected() -> None:
+    """A submit refused after its async look-up (the scope closed meanwhile) counts rejected."""
+    fake = FakeBatchFunction[int, int]()
+    errors: list[BaseException] = []
+
+    async def caller(scope: bs.BatchScope[int, int]) -> None:
+        try:
+            await scope.submit(1)
+        except bs.ScopeClosedError as exc:
+            errors.append(exc)
+
+    async with (
+        anyio.create_task_group() as tg,
+        bs.BatchScope(fake, cache=_SlowCache()) as scope,
+    ):
+        tg.start_soon(caller, scope)
+        await anyio.sleep(0.5)
+    stats = scope.statistics()
+    assert len(errors) == 1
+    assert fake.batches == []
+    assert (stats.submitted, stats.rejected, stats.admitting) == (1, 1, 0)
+    assert _adds_up(stats)

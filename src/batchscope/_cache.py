@@ -253,15 +253,14 @@ class CacheFront(Generic[In, Out]):
         """
         An item of ``submit_many``/``map`` joins the item computing *key*, if any.
 
-        Returns its FOLLOWING item (counted as submitted and deduplicated), which ends
-        with the leader's outcome; None when no item computes *key*.
+        Returns its FOLLOWING item (counted as deduplicated; the caller counted the
+        submit), which ends with the leader's outcome; None when no item computes *key*.
         """
         leader = self.leader(key)
         if leader is None:
             return None
         scope = self._scope
         recorder = scope._recorder
-        recorder.submitted += 1
         recorder.deduplicated += 1
         leader.waiters += 1
         if leader.state == RUNNING:
@@ -319,13 +318,25 @@ class CacheFront(Generic[In, Out]):
         return key
 
     async def lookup(self, value: In) -> tuple[Hashable, Any]:
-        """The item's key and its cached result (MISSING on a miss); counts hits, misses."""
+        """
+        The item's key and its cached result (MISSING on a miss); counts hits, misses.
+
+        The caller has counted the submit already: while an async cache looks the key up,
+        it counts as ``admitting``.
+        """
         key = self._key_of(value)
         cache = self._cache
         if cache is None:
             return key, MISSING
-        hit = cache.get_nowait(key) if not cache.is_async else await cache.get(key)
         recorder = self._scope._recorder
+        if not cache.is_async:
+            hit = cache.get_nowait(key)
+        else:
+            recorder.admitting += 1
+            try:
+                hit = await cache.get(key)
+            finally:
+                recorder.admitting -= 1
         if hit is MISSING:
             recorder.cache_misses += 1
         else:
@@ -349,7 +360,12 @@ class CacheFront(Generic[In, Out]):
             raise
         if hit is not MISSING:
             recorder.completed += 1
-            await anyio.lowlevel.checkpoint()
+            try:
+                await anyio.lowlevel.checkpoint()
+            except BaseException:
+                recorder.completed -= 1  # the caller sees its cancellation, not the hit
+                recorder.cancelled += 1
+                raise
             return cast(Out, hit)
         deadline = scope._deadline()
         leader = self.leader(key)

@@ -49,20 +49,26 @@ async def _enqueue(
     """
     key = NO_KEY
     front = scope._front
+    counted = False
     try:
         if front is not None:
             if scope._state != "open":
                 raise scope._closed_now()
+            # Counted before the look-up, which may wait (``admitting``), as in submit.
+            scope._recorder.submitted += 1
+            counted = True
             try:
                 key, hit = await front.lookup(value)
             except Exception as exc:  # the key function, the key, the cache's get
-                scope._recorder.submitted += 1
                 scope._reject("bad_key")
                 item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, callback)
+                item.waiters = 0  # refused: counted as rejected, never as an outcome
                 item.fail(exc)
                 return item
+            except BaseException:
+                scope._recorder.cancelled += 1  # cancelled during an async cache look-up
+                raise
             if hit is not MISSING:
-                scope._recorder.submitted += 1
                 scope._recorder.completed += 1
                 item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, callback)
                 item.succeed(hit)
@@ -70,9 +76,10 @@ async def _enqueue(
             follower = front.follow(value, key, index, deadline, callback)
             if follower is not None:
                 return follower
-        cost = await scope._admit(value)
+        cost = await scope._admit(value, count=not counted)
     except (BatchScopeError, ValueError, TypeError) as exc:
         item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, callback)
+        item.waiters = 0  # refused: counted as rejected (or not at all), never as an outcome
         item.fail(exc)
         return item
     item = CallbackItem(value, 0, cost, scope._clock(), deadline, index, callback)
@@ -119,9 +126,13 @@ async def gather(
         raise
 
     if first_failure and not return_exceptions:
+        raised = first_failure[0]
         for item in submitted:
-            scope._leave(item)  # withdraw what is still queued, drop what runs
-        first_failure[0].outcome()
+            if item is not raised:
+                # Withdraw what is still queued, drop what runs; what ended is never
+                # handed out: all count as cancelled.
+                scope._leave(item)
+        raised.outcome()
     return [
         item.error if item.error is not None else item.result  # type: ignore[misc]
         for item in submitted
@@ -133,7 +144,8 @@ class MapIterator(Generic[In, Out]):
     The async iterator :meth:`BatchScope.map` returns; also an async context manager.
 
     Leaving ``async with`` (or ``aclose()``) stops the feeder and withdraws every item not
-    yet dispatched.
+    yet dispatched. Every item pulled but not yet handed out then counts as ``cancelled``
+    in the scope's statistics, even one that had ended: its caller never saw it.
     """
 
     def __init__(
@@ -203,6 +215,11 @@ class MapIterator(Generic[In, Out]):
         except BaseException:
             window.release()
             raise
+        if self._closed:
+            # The consumer closed the stream while this item was admitted: nobody will
+            # take its result, so withdraw it (it counts as cancelled).
+            self._scope._leave(item)
+            return False
         self._outstanding[index] = item
         # A refused item is reported in its turn; a closed scope takes no more.
         return not isinstance(item.error, ScopeClosedError)
@@ -264,7 +281,8 @@ class MapIterator(Generic[In, Out]):
 
         Cancellation:
             Closes the stream: the feeder stops, items still queued are withdrawn and
-            the results of running ones are dropped; the cancellation propagates.
+            the results of running ones are dropped; the cancellation propagates. Every
+            item not yet handed out, ended or not, counts as ``cancelled``.
         """
         if self._closed:
             raise StopAsyncIteration
@@ -273,14 +291,17 @@ class MapIterator(Generic[In, Out]):
         ready = self._ready
         while True:
             if ready:
-                if not self._ordered:
-                    await anyio.lowlevel.checkpoint()
-                    # The earliest to end first (dicts keep insertion order).
-                    return self._hand_out(ready.pop(next(iter(ready))))
-                if self._next in ready:
-                    await anyio.lowlevel.checkpoint()
-                    self._next += 1
-                    return self._hand_out(ready.pop(self._next - 1))
+                # The earliest to end first (dicts keep insertion order), or the next one.
+                index = next(iter(ready)) if not self._ordered else self._next
+                if index in ready:
+                    try:
+                        await anyio.lowlevel.checkpoint()
+                    except BaseException:
+                        self._close_now()  # its result was not handed out
+                        raise
+                    if self._ordered:
+                        self._next += 1
+                    return self._hand_out(ready.pop(index))
             if self._fed is not None and self._yielded >= self._fed:
                 self._finish()
                 if self._feed_error is not None:

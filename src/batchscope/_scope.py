@@ -49,6 +49,7 @@ from ._hooks import HookRunner, Hooks, RateLimitedLog
 from ._map import MapIterator, gather
 from ._pending import (
     ABANDONED,
+    DONE,
     EXPIRED,
     FOLLOWING,
     POOLED,
@@ -470,8 +471,15 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         return cost
 
     def _price(self, value: In, count: bool) -> float:
-        """Count a submit (if *count*) and price its item; raises if it cannot be queued."""
+        """
+        Count a submit (if *count*) and price its item; raises if it cannot be queued.
+
+        Without *count* the caller has counted the submit already (before an async cache
+        look-up): a scope that closed meanwhile then counts it as rejected.
+        """
         if self._state is not _OPEN:
+            if not count:
+                self._reject("closed")
             raise self._closed_now()
         if count:
             self._recorder.submitted += 1
@@ -508,13 +516,17 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 f"the queue of {self!r} holds max_queue_size="
                 f"{self._config.max_queue_size} pending items"
             )
+        recorder = self._recorder
+        recorder.admitting += 1  # counted, not yet queued
         try:
             await self._room.take()
         except BaseException:
-            self._recorder.cancelled += 1
+            recorder.admitting -= 1
+            recorder.cancelled += 1
             if self._hooks is not None:
                 self._hooks.call("item_cancelled", False)
             raise
+        recorder.admitting -= 1
         if self._state is not _OPEN:
             self._room.release()  # pass the wake-up on to the next waiter
             self._reject("closed")
@@ -533,6 +545,9 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         """
         One caller of *item* is gone: withdraw the item or drop its result, once no
         other caller (deduplicated onto it) still waits.
+
+        That caller counts as cancelled, even when the item has ended already (its outcome
+        arrived as the caller was cancelled): the count moves from completed or failed.
         """
         state = item.state
         if state == FOLLOWING:
@@ -566,6 +581,16 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             batch = item.batch
             batch.live -= 1
             self._executor.cancel_if_abandoned(batch)
+        elif state == DONE and item.waiters:
+            # Its outcome arrived as its caller left: that caller saw a cancellation (or
+            # never got the outcome), so it counts as cancelled, whatever fn returned. An
+            # item refused before it was queued has no waiters: it stays rejected.
+            item.waiters -= 1
+            if item.error is None:
+                recorder.completed -= 1
+            else:
+                recorder.failed -= 1
+            recorder.cancelled += 1
 
     async def submit(self, item: In, *, priority: float = 0) -> Out:
         """
@@ -650,7 +675,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             return_exceptions: With True, an item that failed has its exception in its
                 place in the list. With False (the default), the first failure is raised
                 and the other items are withdrawn (or, already dispatched, their results
-                dropped).
+                dropped); they count as ``cancelled`` in :meth:`statistics`, ended or
+                not, since the caller never sees their outcomes.
 
         Returns:
             One result per item, in the order of *items*.
@@ -661,6 +687,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         Cancellation:
             Every item not yet ended is withdrawn or abandoned as in :meth:`submit`.
+            Every item counts as ``cancelled``, even one that had ended (its outcome is
+            never handed out), except one refused before it was queued (``rejected``).
 
         .. versionadded:: 0.1.0
         """

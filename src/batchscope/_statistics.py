@@ -56,20 +56,24 @@ class BatchStatistics:
     """
     A snapshot of a scope's counters, returned by :meth:`BatchScope.statistics`.
 
-    While the scope is open, ``submitted == completed + failed + cancelled + rejected +
-    pending + running``; after it has exited, ``pending`` and ``running`` are 0.
+    At every moment, ``submitted == completed + failed + cancelled + rejected + admitting
+    + pending + running``; after the scope has exited, ``admitting``, ``pending`` and
+    ``running`` are 0. Each counter says what the caller saw: an item whose result arrived
+    as its caller was cancelled counts as ``cancelled``, whatever fn returned for it.
     """
 
     #: ``submit()`` calls (and items of ``submit_many``/``map``) made while the scope was open.
     submitted: int
-    #: Items that ended with a result.
+    #: Items whose caller got a result.
     completed: int
-    #: Items that ended with an exception (from fn, a mismatch, or the scope failing).
+    #: Items whose caller got an exception (from fn, a mismatch, or the scope failing).
     failed: int
-    #: Items whose caller was cancelled or timed out before the item ended.
+    #: Items whose caller was cancelled or timed out (or left them) instead of seeing them end.
     cancelled: int
     #: Items refused before they were queued (queue full, scope closing).
     rejected: int
+    #: Calls not yet queued (waiting for room, or for an async cache look-up).
+    admitting: int
     #: Items queued and not yet dispatched.
     pending: int
     #: Items in batches that are running now, whose callers still wait.
@@ -115,6 +119,7 @@ class Recorder:
     failed: int = 0
     cancelled: int = 0
     rejected: int = 0
+    admitting: int = 0
     pending: int = 0
     running: int = 0
     in_flight: int = 0
@@ -142,6 +147,7 @@ class Recorder:
             failed=self.failed,
             cancelled=self.cancelled,
             rejected=self.rejected,
+            admitting=self.admitting,
             pending=self.pending,
             running=self.running,
             queue_size=self.pending,
