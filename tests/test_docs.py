@@ -105,13 +105,15 @@ def _require_imports(snippet: Snippet) -> None:
 def _execute(snippet: Snippet) -> dict[str, Any]:
     """Run the block as a module of its own; the logging setup it makes is undone after."""
     _require_imports(snippet)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    loggers = [logging.getLogger(), logging.getLogger("batchscope")]
+    saved = [(logger.handlers[:], logger.level) for logger in loggers]
     namespace: dict[str, Any] = {"__name__": "docs_snippet"}
     try:
         exec(snippet.compile(), namespace)
     finally:
-        root.handlers[:], root.level = handlers, level
+        for logger, (handlers, level) in zip(loggers, saved, strict=True):
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
     return namespace
 
 
