@@ -139,9 +139,7 @@ def test_program_runs(snippet: Snippet, cpu_hog: Any) -> None:
 
 
 @pytest.mark.virtual_time
-@pytest.mark.parametrize(
-    ("snippet", "name"), TESTS, ids=[f"{s.id}::{name}" for s, name in TESTS]
-)
+@pytest.mark.parametrize(("snippet", "name"), TESTS, ids=[f"{s.id}::{name}" for s, name in TESTS])
 def test_test_function_passes(
     snippet: Snippet, name: str, anyio_backend: tuple[str, dict[str, Any]]
 ) -> None:
