@@ -130,7 +130,7 @@ def test_hooks_must_be_hooks() -> None:
 def test_hooks_not_a_hook_nor_a_list_is_a_type_error(hooks: object, named: str) -> None:
     """hooks= given a class, a number or a plain object is a TypeError naming the option."""
     with pytest.raises(TypeError, match=rf"'hooks' must be a batchscope\.Hooks .*, got {named}$"):
-        bs.BatchScope(FakeBatchFunction[int, int](), hooks=hooks)  # type: ignore[arg-type]
+        bs.BatchScope(FakeBatchFunction[int, int](), hooks=hooks)  # type: ignore[call-overload]
 
 
 async def test_batch_failures_are_logged_rate_limited(caplog: pytest.LogCaptureFixture) -> None:

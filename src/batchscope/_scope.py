@@ -91,7 +91,9 @@ def _hook_runner(hooks: object, log: RateLimitedLog) -> HookRunner | None:
         raise TypeError(
             f"'hooks' must be a batchscope.Hooks or a list of them, got {type(hooks).__name__}"
         )
-    listed: list[object] = [hooks] if isinstance(hooks, Hooks) else list(hooks)
+    listed: list[object] = (
+        [hooks] if isinstance(hooks, Hooks) else list(cast("Iterable[object]", hooks))
+    )
     for hook in listed:
         if not isinstance(hook, Hooks):
             raise TypeError(
