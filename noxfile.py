@@ -16,7 +16,15 @@ nox.needs_version = ">=2024.3.2"
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["tests", "lint", "typing", "docs", "examples", "bench_smoke"]
+nox.options.sessions = [
+    "tests",
+    "pytest_trio",
+    "lint",
+    "typing",
+    "docs",
+    "examples",
+    "bench_smoke",
+]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHONS = nox.project.python_versions(PYPROJECT)
@@ -80,6 +88,14 @@ def tests(session: nox.Session, deps: str) -> None:
         "--ignore=tests/test_benchmarks_smoke.py",
     ]
     session.run("pytest", *args)
+
+
+@nox.session(python=PYTHONS[-1])
+def pytest_trio(session: nox.Session) -> None:
+    """A Trio project's test setup: batchscope under pytest-trio's trio_mode (no AnyIO plugin)."""
+    session.install("-e", ".[test,trio]", "pytest-trio")
+    # tests_pytest_trio/pytest.ini turns on trio_mode and keeps the AnyIO plugin out.
+    session.run("pytest", "tests_pytest_trio", *session.posargs)
 
 
 @nox.session(python=PYTHONS[-1])

@@ -119,6 +119,20 @@ def test_hooks_must_be_hooks() -> None:
         bs.BatchScope(FakeBatchFunction[int, int](), hooks=[object()])  # type: ignore[list-item]
 
 
+@pytest.mark.parametrize(
+    ("hooks", "named"),
+    [
+        (Recorder, r"the class Recorder \(pass an instance: Recorder\(\)\)"),
+        (42, "int"),
+        (object(), "object"),
+    ],
+)
+def test_hooks_not_a_hook_nor_a_list_is_a_type_error(hooks: object, named: str) -> None:
+    """hooks= given a class, a number or a plain object is a TypeError naming the option."""
+    with pytest.raises(TypeError, match=rf"'hooks' must be a batchscope\.Hooks .*, got {named}$"):
+        bs.BatchScope(FakeBatchFunction[int, int](), hooks=hooks)  # type: ignore[call-overload]
+
+
 async def test_batch_failures_are_logged_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     """fn raising is logged as a warning at most once per 10 s, with a suppressed count."""
     fake = FakeBatchFunction[int, int](raise_on={i: ValueError("down") for i in range(100)})

@@ -84,8 +84,18 @@ _NEW, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
 def _hook_runner(hooks: object, log: RateLimitedLog) -> HookRunner | None:
     if hooks is None:
         return None
+    if isinstance(hooks, type):
+        # A class, not an instance (hooks=MyHooks): say so, it is the likely slip.
+        raise TypeError(
+            f"'hooks' must be a batchscope.Hooks or a list of them, got the class "
+            f"{hooks.__name__} (pass an instance: {hooks.__name__}())"
+        )
+    if not isinstance(hooks, (Hooks, Iterable)) or isinstance(hooks, (str, bytes)):
+        raise TypeError(
+            f"'hooks' must be a batchscope.Hooks or a list of them, got {type(hooks).__name__}"
+        )
     listed: list[object] = (
-        [hooks] if isinstance(hooks, Hooks) else list(cast("Sequence[object]", hooks))
+        [hooks] if isinstance(hooks, Hooks) else list(cast("Iterable[object]", hooks))
     )
     for hook in listed:
         if not isinstance(hook, Hooks):

@@ -18,6 +18,14 @@ used when the items or ``xp=`` ask for them, and never imported before.
 
 from __future__ import annotations
 
+try:
+    import array_api_compat as _array_api_compat
+except ImportError as _missing:
+    raise ImportError(
+        "batchscope.arrays needs array-api-compat, which is not installed: "
+        "pip install 'batchscope[numpy]'"
+    ) from _missing
+
 from ._pad import PadCollator as PadCollator
 from ._pad import PaddedBatch as PaddedBatch
 from ._pad import PaddedDict as PaddedDict
@@ -35,4 +43,4 @@ def _fix_module_names() -> None:
 
 
 _fix_module_names()
-del _fix_module_names
+del _fix_module_names, _array_api_compat
