@@ -7,14 +7,13 @@ the scope is constructed (or reconfigured), never later inside the scheduler.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Hashable
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import attrs
 
-from ._durations import check_int, to_seconds, type_name
+from ._durations import check_int, optional_positive_number, to_seconds, type_name
 from ._resilience import CircuitBreaker, RateLimit, Retry
 
 __all__ = [
@@ -96,20 +95,6 @@ def _optional_callable(_: Any, attribute: attrs.Attribute[Any], value: object) -
         raise TypeError(f"{attribute.name!r} must be callable, not {type_name(value)}")
 
 
-def _optional_positive_number(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name!r} must be a number, not {type_name(value)}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{attribute.name!r} must be a finite number > 0, got {value!r}")
-
-
-def _on_full(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value not in ("wait", "reject"):
-        raise ValueError(f"{attribute.name!r} must be 'wait' or 'reject', got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
 class ScopeConfig:
     """
@@ -122,13 +107,13 @@ class ScopeConfig:
     max_wait: float | Literal["auto"] = attrs.field(default=0.005, converter=_max_wait)
     target_latency: float | None = attrs.field(default=None, converter=_target_latency)
     max_queue_size: int = attrs.field(default=10_000, validator=_positive_int)
-    on_full: OnFull = attrs.field(default="wait", validator=_on_full)
+    on_full: OnFull = attrs.field(default="wait", validator=_choice(*get_args(OnFull)))
     max_concurrent_batches: int = attrs.field(default=1, validator=_positive_int)
     cost: Callable[[Any], float] | None = attrs.field(default=None, validator=_optional_callable)
-    max_batch_cost: float | None = attrs.field(default=None, validator=_optional_positive_number)
-    cost_mode: CostMode = attrs.field(default="padded", validator=_choice("padded", "sum"))
-    oversize: Oversize = attrs.field(default="run_alone", validator=_choice("run_alone", "reject"))
-    policy: Policy = attrs.field(default="fifo", validator=_choice("fifo", "length", "priority"))
+    max_batch_cost: float | None = attrs.field(default=None, validator=optional_positive_number)
+    cost_mode: CostMode = attrs.field(default="padded", validator=_choice(*get_args(CostMode)))
+    oversize: Oversize = attrs.field(default="run_alone", validator=_choice(*get_args(Oversize)))
+    policy: Policy = attrs.field(default="fifo", validator=_choice(*get_args(Policy)))
     aging: float = attrs.field(default=0.1, converter=_aging)
     batch_timeout: float | None = attrs.field(default=None, converter=_batch_timeout)
     isolate_failures: bool = attrs.field(default=False, validator=_bool)

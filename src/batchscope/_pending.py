@@ -40,6 +40,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import anyio
 import attrs
 
+from ._hooks import ReleaseReason
+
 __all__ = [
     "ABANDONED",
     "DONE",
@@ -72,7 +74,7 @@ ABANDONED = 5
 EXPIRED = 6
 
 #: Why a batch left the pool: ``size``, ``cost``, ``timer``, ``deadline`` or ``drain``.
-Release = str
+Release = ReleaseReason
 
 
 class Item(ABC, Generic[In, Out]):

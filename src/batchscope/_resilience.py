@@ -14,7 +14,6 @@ drive; the formula itself is three lines.
 
 from __future__ import annotations
 
-import math
 import random
 from datetime import timedelta
 from typing import Any, Literal, cast
@@ -22,7 +21,7 @@ from typing import Any, Literal, cast
 import anyio
 import attrs
 
-from ._durations import check_int, to_seconds
+from ._durations import check_int, optional_positive_number, to_seconds
 
 __all__ = ["BreakerState", "CircuitBreaker", "RateLimit", "Retry", "TokenBucket"]
 
@@ -119,15 +118,6 @@ class CircuitBreaker:
     reset_timeout: float = attrs.field(default=30.0, converter=_reset_timeout)
 
 
-def _optional_rate(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name!r} must be a number, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{attribute.name!r} must be a finite number > 0, got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
 class RateLimit:
     """
@@ -144,8 +134,8 @@ class RateLimit:
     .. versionadded:: 0.1.0
     """
 
-    batches_per_second: float | None = attrs.field(default=None, validator=_optional_rate)
-    cost_per_minute: float | None = attrs.field(default=None, validator=_optional_rate)
+    batches_per_second: float | None = attrs.field(default=None, validator=optional_positive_number)
+    cost_per_minute: float | None = attrs.field(default=None, validator=optional_positive_number)
 
     def __attrs_post_init__(self) -> None:
         if self.batches_per_second is None and self.cost_per_minute is None:

@@ -45,7 +45,7 @@ from ._exceptions import (
     ScopeClosedError,
 )
 from ._executor import BatchFunction, Collator, Executor, check_collator
-from ._hooks import HookRunner, Hooks, RateLimitedLog
+from ._hooks import HookRunner, Hooks, RateLimitedLog, RejectReason
 from ._map import MapIterator, gather
 from ._pending import (
     ABANDONED,
@@ -505,7 +505,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             self._reject("closed")
             raise self._closed_now()
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, reason: RejectReason) -> None:
         self._recorder.rejected += 1
         if self._hooks is not None:
             self._hooks.call("item_rejected", reason)
