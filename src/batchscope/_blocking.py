@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Iterable, MutableMapping, Sequen
 from contextlib import ExitStack
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, cast, overload
+from typing import Any, Generic, Literal, TypeVar, cast, final, overload
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -39,6 +39,7 @@ Out = TypeVar("Out")
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
 
 
+@final
 class BlockingBatchScope(Generic[In, Out]):
     """
     A :class:`~batchscope.BatchScope` for sync code: blocking, thread-safe submits.

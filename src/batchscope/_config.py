@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from datetime import timedelta
-from typing import Any, Literal, get_args
+from typing import Any, Literal, final, get_args
 
 import attrs
 
@@ -95,6 +95,7 @@ def _optional_callable(_: Any, attribute: attrs.Attribute[Any], value: object) -
         raise TypeError(f"{attribute.name!r} must be callable, not {type_name(value)}")
 
 
+@final
 @attrs.frozen(kw_only=True)
 class ScopeConfig:
     """

@@ -32,7 +32,7 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
-from typing import Any, Generic, Literal, TypeVar, cast, overload
+from typing import Any, Generic, Literal, TypeVar, cast, final, overload
 
 from ._cache import AsyncCache, namespaced
 from ._config import CostMode, OnFull, Oversize, Policy
@@ -78,6 +78,7 @@ def _is_method(fn: Callable[..., Any]) -> bool:
     return len(required) >= 2
 
 
+@final
 class BatchedFunction(Generic[In, Out]):
     """
     A batch function called one item at a time, through a scope opened by :meth:`serving`.
@@ -296,6 +297,7 @@ class BatchedFunction(Generic[In, Out]):
         return await scope.submit_many(items, return_exceptions=return_exceptions)
 
 
+@final
 class BatchedMethod(Generic[T, In, Out]):
     """
     A batched method: a descriptor giving each instance its own :class:`BatchedFunction`.

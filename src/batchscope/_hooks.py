@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import anyio
 import attrs
@@ -53,6 +53,7 @@ RejectReason = Literal["queue_full", "closed", "too_large", "bad_cost", "bad_key
 Outcome = Literal["ok", "partial", "failed", "abandoned"]
 
 
+@final
 @attrs.frozen
 class BatchStarted:
     """A batch left the queue."""
@@ -67,6 +68,7 @@ class BatchStarted:
     queue_waits: tuple[float, ...]
 
 
+@final
 @attrs.frozen
 class BatchFinished:
     """A batch ended: all its calls of fn are done (retries and isolation included)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, final
 
 import anyio
 import attrs
@@ -62,6 +62,7 @@ def _positive(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     check_int(attribute.name, value, minimum=1)
 
 
+@final
 @attrs.frozen(kw_only=True)
 class Retry:
     """
@@ -100,6 +101,7 @@ class Retry:
         return min(self.wait_max, self.wait_initial * 2.0 ** (retry - 1) + jitter)
 
 
+@final
 @attrs.frozen(kw_only=True)
 class CircuitBreaker:
     """
@@ -118,6 +120,7 @@ class CircuitBreaker:
     reset_timeout: float = attrs.field(default=30.0, converter=_reset_timeout)
 
 
+@final
 @attrs.frozen(kw_only=True)
 class RateLimit:
     """

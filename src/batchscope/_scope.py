@@ -26,7 +26,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any, Generic, Literal, TypeVar, cast, overload
+from typing import Any, Generic, Literal, TypeVar, cast, final, overload
 
 import anyio
 import attrs
@@ -99,6 +99,7 @@ def _check_priority(priority: object) -> None:
         raise TypeError(f"'priority' must be a number, not {type(priority).__name__}")
 
 
+@final
 class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
     """
     Collect items submitted by many concurrent callers into batches for one function.

@@ -13,7 +13,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import get_args
+from typing import final, get_args
 
 import attrs
 
@@ -27,6 +27,7 @@ SAMPLES = 10_000
 RELEASE_REASONS: tuple[ReleaseReason, ...] = get_args(ReleaseReason)
 
 
+@final
 @attrs.frozen
 class Percentiles:
     """
@@ -54,6 +55,7 @@ class Percentiles:
         return cls(rank(0.50), rank(0.90), rank(0.99))
 
 
+@final
 @attrs.frozen(kw_only=True)
 class BatchStatistics:
     """
