@@ -15,7 +15,7 @@ import pytest
 
 from batchscope.__main__ import main
 from batchscope._demo import DemoConfig, format_table, request_lengths, requests, run_demo
-from batchscope._demo_models import MINILM_INSTALL, SimulatedModel, count_words
+from batchscope._demo.models import MINILM_INSTALL, SimulatedModel, count_words
 
 INSTALLED = ["asyncio"] + (["trio"] if importlib.util.find_spec("trio") else [])
 
@@ -98,7 +98,7 @@ def test_workload_is_seeded_lognormal() -> None:
 def test_numpy_model_results_do_not_depend_on_padding() -> None:
     """A request's embedding is the same alone and padded in a batch with longer ones."""
     pytest.importorskip("numpy")
-    from batchscope._demo_models import NumpyModel
+    from batchscope._demo.models import NumpyModel
 
     model = NumpyModel(call_latency=0.0)
     texts = requests(DemoConfig(requests=12))

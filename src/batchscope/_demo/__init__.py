@@ -26,8 +26,8 @@ from typing import Literal, Protocol
 import anyio
 import attrs
 
-from ._demo_models import WORDS, DemoModel
-from ._scope import BatchScope
+from .._scope import BatchScope
+from .models import WORDS, DemoModel
 
 __all__ = [
     "MODES",

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._demo import COLUMNS, DemoResult, Phase, format_table, summary, table_rows
+from . import COLUMNS, DemoResult, Phase, format_table, summary, table_rows
 
 __all__ = [
     "PLOT_FORMATS",
