@@ -121,6 +121,18 @@ def test_format_table_shows_ratios_and_release_reasons() -> None:
     assert "length bucketing vs FIFO batching:" in table
 
 
+def test_format_table_has_a_legend() -> None:
+    """The printed output defines padding efficiency and explains timer releases."""
+    import anyio
+
+    config = DemoConfig(requests=80, clients=16, max_batch_size=8)
+    results = anyio.run(run_demo, config, SimulatedModel(call_latency=0.0001, per_token=1e-7))
+    table = format_table(results)
+    assert "padding eff.: real tokens / padded tokens" in table
+    assert "timer = the oldest request had waited max_wait" in table
+    assert "each length bucket fills more slowly than the whole queue" in table
+
+
 @pytest.mark.parametrize("backend", INSTALLED)
 def test_command_line_runs(backend: str) -> None:
     """`python -m batchscope demo` runs all three ways; no progress when not on a terminal."""
