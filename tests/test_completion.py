@@ -15,7 +15,13 @@ import pytest
 
 import batchscope as bs
 import batchscope._scope
-from batchscope._completion import EventItem, FutureItem, LoopCalls, loop_calls
+from batchscope._completion import (
+    EventItem,
+    FutureItem,
+    LoopCalls,
+    anyio_get_async_backend,
+    loop_calls,
+)
 from batchscope.testing import FakeBatchFunction
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
@@ -37,6 +43,15 @@ def completion(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     if request.param == "anyio-event":
         monkeypatch.setattr(batchscope._scope, "loop_calls", _event_calls)
     return str(request.param)
+
+
+async def test_anyio_private_backend_lookup_is_found() -> None:
+    """AnyIO's private get_async_backend is where batchscope imports it from (else CI fails)."""
+    get_async_backend = anyio_get_async_backend()
+    assert get_async_backend is not None, "anyio moved anyio._core._eventloop.get_async_backend"
+    backend = get_async_backend()
+    assert backend.current_time() == anyio.current_time()
+    assert backend.current_effective_deadline() == anyio.current_effective_deadline()
 
 
 async def test_the_running_loop_picks_its_own_completion(anyio_backend_name: str) -> None:

@@ -25,7 +25,7 @@ def fn(items: list[int]) -> list[int]:
         ({"max_wait": float("nan")}, ValueError, "'max_wait' must be a finite duration"),
         ({"max_wait": "5ms"}, TypeError, "'max_wait' must be a number of seconds"),
         ({"max_queue_size": 0}, ValueError, "'max_queue_size' must be >= 1"),
-        ({"on_full": "drop"}, ValueError, "'on_full' must be 'wait' or 'reject'"),
+        ({"on_full": "drop"}, ValueError, "'on_full' must be one of 'wait', 'reject'"),
         ({"max_concurrent_batches": 0}, ValueError, "'max_concurrent_batches' must be >= 1"),
         ({"max_wait": "auto"}, ValueError, "max_wait='auto' needs 'target_latency'"),
         ({"target_latency": 0.1}, ValueError, "'target_latency' applies only with"),

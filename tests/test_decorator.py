@@ -209,7 +209,7 @@ async def test_invalid_options_fail_at_decoration() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         bs.batch(max_batch_size=0)(FakeBatchFunction[int, int]())
     with pytest.raises(TypeError, match="no_such_option"):
-        bs.batch(no_such_option=1)(FakeBatchFunction[int, int]())
+        bs.batch(no_such_option=1)(FakeBatchFunction[int, int]())  # type: ignore[call-arg]
 
 
 async def test_metadata_of_the_wrapped_function_is_kept() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from batchscope.__main__ import main
 from batchscope._demo import DemoConfig, format_table, request_lengths, requests, run_demo
-from batchscope._demo_models import MINILM_INSTALL, SimulatedModel, count_words
+from batchscope._demo.models import MINILM_INSTALL, SimulatedModel, count_words
 
 INSTALLED = ["asyncio"] + (["trio"] if importlib.util.find_spec("trio") else [])
 
@@ -98,7 +98,7 @@ def test_workload_is_seeded_lognormal() -> None:
 def test_numpy_model_results_do_not_depend_on_padding() -> None:
     """A request's embedding is the same alone and padded in a batch with longer ones."""
     pytest.importorskip("numpy")
-    from batchscope._demo_models import NumpyModel
+    from batchscope._demo.models import NumpyModel
 
     model = NumpyModel(call_latency=0.0)
     texts = requests(DemoConfig(requests=12))
@@ -119,6 +119,18 @@ def test_format_table_shows_ratios_and_release_reasons() -> None:
     unbatched_row = table.splitlines()[1].split()
     assert unbatched_row[0] == "unbatched" and unbatched_row[2] == "1.00x"
     assert "length bucketing vs FIFO batching:" in table
+
+
+def test_format_table_has_a_legend() -> None:
+    """The printed output defines padding efficiency and explains timer releases."""
+    import anyio
+
+    config = DemoConfig(requests=80, clients=16, max_batch_size=8)
+    results = anyio.run(run_demo, config, SimulatedModel(call_latency=0.0001, per_token=1e-7))
+    table = format_table(results)
+    assert "padding eff.: real tokens / padded tokens" in table
+    assert "timer = the oldest request had waited max_wait" in table
+    assert "each length bucket fills more slowly than the whole queue" in table
 
 
 @pytest.mark.parametrize("backend", INSTALLED)

@@ -64,19 +64,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-from ._cache import Missing as _Missing
+from ._durations import fix_module_names as _fix_module_names
 
-
-def _fix_module_names() -> None:
-    # Tracebacks and reprs say batchscope.ScopeClosedError, not the private module
-    # (trio's fixup_module_metadata, anyio's fix_package_names).
-    for name in __all__:
-        obj = globals()[name]
-        if isinstance(obj, _Missing):
-            obj = _Missing  # the sentinel's class says batchscope too
-        if getattr(obj, "__module__", "").startswith("batchscope."):
-            obj.__module__ = __name__
-
-
-_fix_module_names()
+_fix_module_names(__name__, globals(), __all__)
 del _fix_module_names

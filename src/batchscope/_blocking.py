@@ -14,18 +14,21 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable, MutableMapping, Sequence
 from contextlib import ExitStack
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, cast, final, overload
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._config import to_seconds
+from ._cache import AsyncCache
+from ._config import CostMode, OnFull, Oversize, Policy, to_seconds
 from ._exceptions import NoActiveScopeError, ScopeClosedError
 from ._executor import BatchFunction, Collator
+from ._hooks import Hooks
+from ._resilience import CircuitBreaker, RateLimit, Retry
 from ._scope import BatchScope
 from ._statistics import BatchStatistics
 
@@ -36,6 +39,7 @@ Out = TypeVar("Out")
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
 
 
+@final
 class BlockingBatchScope(Generic[In, Out]):
     """
     A :class:`~batchscope.BatchScope` for sync code: blocking, thread-safe submits.
@@ -62,8 +66,8 @@ class BlockingBatchScope(Generic[In, Out]):
             ``"trio"``.
         backend_options: Options for that backend, as for :func:`anyio.run` (for example
             ``{"use_uvloop": True}``).
-        **options: The keyword options of :class:`~batchscope.BatchScope`
-            (``max_batch_size``, ``max_wait``, ...).
+        max_batch_size, max_wait, ...: The keyword options of
+            :class:`~batchscope.BatchScope`, with the same names, defaults and meaning.
 
     Raises:
         TypeError, ValueError: *fn* is not callable or an option is invalid (the message
@@ -79,8 +83,27 @@ class BlockingBatchScope(Generic[In, Out]):
         *,
         backend: str = "asyncio",
         backend_options: dict[str, Any] | None = None,
+        max_batch_size: int = 32,
+        max_wait: float | timedelta | Literal["auto"] = 0.005,
+        target_latency: float | timedelta | None = None,
+        max_queue_size: int = 10_000,
+        on_full: OnFull = "wait",
+        max_concurrent_batches: int = 1,
+        cost: Callable[[In], float] | None = None,
+        max_batch_cost: float | None = None,
+        cost_mode: CostMode = "padded",
+        oversize: Oversize = "run_alone",
+        policy: Policy = "fifo",
+        aging: float | timedelta = 0.1,
+        batch_timeout: float | timedelta | None = None,
+        isolate_failures: bool = False,
+        retry: Retry | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+        cache: MutableMapping[Any, Any] | AsyncCache | None = None,
+        key: Callable[[In], Hashable] | None = None,
+        hooks: Hooks | Sequence[Hooks] | None = None,
         collate: None = None,
-        **options: Any,
     ) -> None: ...
 
     @overload
@@ -90,8 +113,27 @@ class BlockingBatchScope(Generic[In, Out]):
         *,
         backend: str = "asyncio",
         backend_options: dict[str, Any] | None = None,
+        max_batch_size: int = 32,
+        max_wait: float | timedelta | Literal["auto"] = 0.005,
+        target_latency: float | timedelta | None = None,
+        max_queue_size: int = 10_000,
+        on_full: OnFull = "wait",
+        max_concurrent_batches: int = 1,
+        cost: Callable[[In], float] | None = None,
+        max_batch_cost: float | None = None,
+        cost_mode: CostMode = "padded",
+        oversize: Oversize = "run_alone",
+        policy: Policy = "fifo",
+        aging: float | timedelta = 0.1,
+        batch_timeout: float | timedelta | None = None,
+        isolate_failures: bool = False,
+        retry: Retry | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+        cache: MutableMapping[Any, Any] | AsyncCache | None = None,
+        key: Callable[[In], Hashable] | None = None,
+        hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out],
-        **options: Any,
     ) -> None: ...
 
     def __init__(
@@ -100,14 +142,57 @@ class BlockingBatchScope(Generic[In, Out]):
         *,
         backend: str = "asyncio",
         backend_options: dict[str, Any] | None = None,
+        max_batch_size: int = 32,
+        max_wait: float | timedelta | Literal["auto"] = 0.005,
+        target_latency: float | timedelta | None = None,
+        max_queue_size: int = 10_000,
+        on_full: OnFull = "wait",
+        max_concurrent_batches: int = 1,
+        cost: Callable[[In], float] | None = None,
+        max_batch_cost: float | None = None,
+        cost_mode: CostMode = "padded",
+        oversize: Oversize = "run_alone",
+        policy: Policy = "fifo",
+        aging: float | timedelta = 0.1,
+        batch_timeout: float | timedelta | None = None,
+        isolate_failures: bool = False,
+        retry: Retry | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+        cache: MutableMapping[Any, Any] | AsyncCache | None = None,
+        key: Callable[[In], Hashable] | None = None,
+        hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out] | None = None,
-        **options: Any,
     ) -> None:
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"'backend' must be 'asyncio' or 'trio', got {backend!r}")
         # Validates fn and the options here, in the caller's thread; a BatchScope makes
-        # its event-loop objects only when it opens, inside the portal.
-        self._scope = BatchScope[In, Out](fn, collate=collate, **options)
+        # its event-loop objects only when it opens, inside the portal. (This signature's
+        # overloads already tied fn to collate; BatchScope's own need not pick one again.)
+        self._scope = BatchScope[In, Out](
+            cast(Any, fn),
+            max_batch_size=max_batch_size,
+            max_wait=max_wait,
+            target_latency=target_latency,
+            max_queue_size=max_queue_size,
+            on_full=on_full,
+            max_concurrent_batches=max_concurrent_batches,
+            cost=cost,
+            max_batch_cost=max_batch_cost,
+            cost_mode=cost_mode,
+            oversize=oversize,
+            policy=policy,
+            aging=aging,
+            batch_timeout=batch_timeout,
+            isolate_failures=isolate_failures,
+            retry=retry,
+            circuit_breaker=circuit_breaker,
+            rate_limit=rate_limit,
+            cache=cache,
+            key=key,
+            hooks=hooks,
+            collate=cast(Any, collate),
+        )
         self._backend = backend
         self._backend_options = backend_options
         self._state = _NEW
@@ -354,15 +439,19 @@ class BlockingBatchScope(Generic[In, Out]):
         self,
         *,
         max_batch_size: int | None = None,
-        max_wait: float | timedelta | None = None,
+        max_wait: float | timedelta | Literal["auto"] | None = None,
+        target_latency: float | timedelta | None = None,
         max_concurrent_batches: int | None = None,
     ) -> None:
         """
         Change options of the scope; they apply from the next batch.
 
+        The same options as :meth:`BatchScope.configure <batchscope.BatchScope.configure>`.
+
         Args:
             max_batch_size: New hard cap on items per batch.
-            max_wait: New wait for companions.
+            max_wait: New wait for companions (or ``"auto"``).
+            target_latency: New latency target for ``max_wait="auto"``.
             max_concurrent_batches: New number of batches that may run at once.
 
         Raises:
@@ -374,6 +463,7 @@ class BlockingBatchScope(Generic[In, Out]):
             self._scope.configure,
             max_batch_size=max_batch_size,
             max_wait=max_wait,
+            target_latency=target_latency,
             max_concurrent_batches=max_concurrent_batches,
         )
         portal = self._portal

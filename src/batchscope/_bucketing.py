@@ -37,9 +37,10 @@ BUCKETS_PER_DOUBLING = 8
 #: How many buckets to either side a batch may borrow from (a factor of two).
 SPAN = BUCKETS_PER_DOUBLING
 #: An item is overdue, and anchors the next batch, once it has waited ``max_wait`` and
-#: this many times the recent typical queue wait. Measured on the lognormal mix of
-#: tests/test_policies.py: with 512 clients, padding efficiency 0.90 and long items' p99
-#: within 1.13x of short ones'; with 128 clients (a smaller pool to sort) 0.74 and 1.34x.
+#: this many times the recent typical queue wait. Chosen on the lognormal mix of
+#: tests/test_policies.py as the factor that keeps padding efficient under load while
+#: long items' p99 stays close to short ones' (the figures: docs/benchmarks.md,
+#: "Aging factor of the length policy").
 AGING_FACTOR = 3
 
 

@@ -88,11 +88,27 @@ def _no_signal() -> None:
     return None
 
 
-def loop_calls() -> LoopCalls:
-    """The running event loop's :class:`LoopCalls` (call it inside the loop)."""
+def anyio_get_async_backend() -> Callable[[], Any] | None:
+    """
+    AnyIO's private ``get_async_backend``, or None if this AnyIO has moved it.
+
+    The one place batchscope reaches into AnyIO's internals: the backend's own
+    ``current_time`` and ``current_effective_deadline``, bound once per scope, skip the
+    backend look-up that the public functions repeat on every call. Without it the public
+    functions are used (same values, slower). ``tests/test_completion.py`` asserts it is
+    found, so an AnyIO that moves it fails CI instead of silently taking the slow path.
+    """
     try:
         from anyio._core._eventloop import get_async_backend
     except ImportError:  # pragma: no cover - a future AnyIO that moved it
+        return None
+    return get_async_backend
+
+
+def loop_calls() -> LoopCalls:
+    """The running event loop's :class:`LoopCalls` (call it inside the loop)."""
+    get_async_backend = anyio_get_async_backend()
+    if get_async_backend is None:  # pragma: no cover - a future AnyIO that moved it
         backend_time = anyio.current_time
         backend_deadline = anyio.current_effective_deadline
     else:

@@ -7,14 +7,13 @@ the scope is constructed (or reconfigured), never later inside the scheduler.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Hashable
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, final, get_args
 
 import attrs
 
-from ._durations import check_int, to_seconds, type_name
+from ._durations import check_int, optional_positive_number, to_seconds, type_name
 from ._resilience import CircuitBreaker, RateLimit, Retry
 
 __all__ = [
@@ -96,20 +95,7 @@ def _optional_callable(_: Any, attribute: attrs.Attribute[Any], value: object) -
         raise TypeError(f"{attribute.name!r} must be callable, not {type_name(value)}")
 
 
-def _optional_positive_number(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name!r} must be a number, not {type_name(value)}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{attribute.name!r} must be a finite number > 0, got {value!r}")
-
-
-def _on_full(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value not in ("wait", "reject"):
-        raise ValueError(f"{attribute.name!r} must be 'wait' or 'reject', got {value!r}")
-
-
+@final
 @attrs.frozen(kw_only=True)
 class ScopeConfig:
     """
@@ -118,28 +104,48 @@ class ScopeConfig:
     Durations are stored as float seconds whatever the user passed.
     """
 
+    #: Hard cap on items per batch.
     max_batch_size: int = attrs.field(default=32, validator=_positive_int)
+    #: Seconds the oldest pending item waits for companions, or ``"auto"`` (picked from
+    #: the fitted cost model to meet ``target_latency``).
     max_wait: float | Literal["auto"] = attrs.field(default=0.005, converter=_max_wait)
+    #: Seconds of end-to-end latency ``max_wait="auto"`` aims for (None otherwise).
     target_latency: float | None = attrs.field(default=None, converter=_target_latency)
+    #: Bound on pending items: the buffer of the scope's channel.
     max_queue_size: int = attrs.field(default=10_000, validator=_positive_int)
-    on_full: OnFull = attrs.field(default="wait", validator=_on_full)
+    #: What a submit does when the queue is full: ``"wait"`` for room or ``"reject"``.
+    on_full: OnFull = attrs.field(default="wait", validator=_choice(*get_args(OnFull)))
+    #: Batches in flight at once.
     max_concurrent_batches: int = attrs.field(default=1, validator=_positive_int)
+    #: ``item -> number`` (for example ``len``): enables cost budgets and length bucketing.
     cost: Callable[[Any], float] | None = attrs.field(default=None, validator=_optional_callable)
-    max_batch_cost: float | None = attrs.field(default=None, validator=_optional_positive_number)
-    cost_mode: CostMode = attrs.field(default="padded", validator=_choice("padded", "sum"))
-    oversize: Oversize = attrs.field(default="run_alone", validator=_choice("run_alone", "reject"))
-    policy: Policy = attrs.field(default="fifo", validator=_choice("fifo", "length", "priority"))
+    #: Budget per batch in cost units (needs ``cost``).
+    max_batch_cost: float | None = attrs.field(default=None, validator=optional_positive_number)
+    #: How a batch's cost adds up: ``"padded"`` (size times the largest cost) or ``"sum"``.
+    cost_mode: CostMode = attrs.field(default="padded", validator=_choice(*get_args(CostMode)))
+    #: An item costlier than ``max_batch_cost`` alone: ``"run_alone"`` or ``"reject"``.
+    oversize: Oversize = attrs.field(default="run_alone", validator=_choice(*get_args(Oversize)))
+    #: Which items go together: ``"fifo"``, ``"length"`` (cost buckets) or ``"priority"``.
+    policy: Policy = attrs.field(default="fifo", validator=_choice(*get_args(Policy)))
+    #: Seconds of waiting worth one priority step (``policy="priority"``).
     aging: float = attrs.field(default=0.1, converter=_aging)
+    #: Seconds a batch may run before it is cancelled and its items time out (None: no limit).
     batch_timeout: float | None = attrs.field(default=None, converter=_batch_timeout)
+    #: Split a failing batch in halves to find the items that fail.
     isolate_failures: bool = attrs.field(default=False, validator=_bool)
+    #: Retry policy for failed batches (None: no retry).
     retry: Retry | None = attrs.field(default=None, validator=_instance_of(Retry, "bs.Retry"))
+    #: Circuit breaker failing submits fast after failed batches (None: none).
     circuit_breaker: CircuitBreaker | None = attrs.field(
         default=None, validator=_instance_of(CircuitBreaker, "bs.CircuitBreaker")
     )
+    #: Bound on batches or cost per unit of time (None: no limit).
     rate_limit: RateLimit | None = attrs.field(
         default=None, validator=_instance_of(RateLimit, "bs.RateLimit")
     )
+    #: A ``MutableMapping`` or :class:`~batchscope.AsyncCache` of results (None: no cache).
     cache: object = attrs.field(default=None)
+    #: ``item -> Hashable`` cache key; also turns on in-flight deduplication.
     key: Callable[[Any], Hashable] | None = attrs.field(default=None, validator=_optional_callable)
 
     def __attrs_post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """
 The ``@batch`` decorator: a batch function you call one item at a time.
 
-``batch(**options)`` turns ``fn(items) -> results`` into a :class:`BatchedFunction`.
+``batch(max_batch_size=..., ...)`` turns ``fn(items) -> results`` into a :class:`BatchedFunction`.
 ``async with embed.serving():`` opens a :class:`~batchscope.BatchScope` over *fn* with
 those options, and while it is open ``await embed(x)`` is ``scope.submit(x)`` — the same
 engine, not a second one. The open scope is an attribute of the batched function, not a
@@ -21,12 +21,25 @@ import functools
 import inspect
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    MutableMapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Generic, Literal, TypeVar, cast, overload
+from datetime import timedelta
+from typing import Any, Generic, Literal, TypeVar, cast, final, overload
 
-from ._cache import namespaced
+from ._cache import AsyncCache, namespaced
+from ._config import CostMode, OnFull, Oversize, Policy
 from ._exceptions import NoActiveScopeError
+from ._executor import Collator
+from ._hooks import Hooks
+from ._resilience import CircuitBreaker, RateLimit, Retry
 from ._scope import BatchScope
 from ._statistics import BatchStatistics
 
@@ -65,6 +78,7 @@ def _is_method(fn: Callable[..., Any]) -> bool:
     return len(required) >= 2
 
 
+@final
 class BatchedFunction(Generic[In, Out]):
     """
     A batch function called one item at a time, through a scope opened by :meth:`serving`.
@@ -283,6 +297,7 @@ class BatchedFunction(Generic[In, Out]):
         return await scope.submit_many(items, return_exceptions=return_exceptions)
 
 
+@final
 class BatchedMethod(Generic[T, In, Out]):
     """
     A batched method: a descriptor giving each instance its own :class:`BatchedFunction`.
@@ -366,7 +381,7 @@ _SyncMethod = Callable[[T, list[In]], Sequence[Out | Exception]]
 
 
 class _BatchDecorator:
-    """What ``batch(**options)`` returns: applied to a function, it batches it."""
+    """What ``batch(...)`` returns: applied to a function, it batches it."""
 
     def __init__(self, options: dict[str, Any]) -> None:
         self._options = options
@@ -401,7 +416,30 @@ class _BatchDecorator:
         return BatchedFunction[Any, Any](fn, self._options)
 
 
-def batch(**options: Any) -> _BatchDecorator:
+def batch(
+    *,
+    max_batch_size: int = 32,
+    max_wait: float | timedelta | Literal["auto"] = 0.005,
+    target_latency: float | timedelta | None = None,
+    max_queue_size: int = 10_000,
+    on_full: OnFull = "wait",
+    max_concurrent_batches: int = 1,
+    cost: Callable[[Any], float] | None = None,
+    max_batch_cost: float | None = None,
+    cost_mode: CostMode = "padded",
+    oversize: Oversize = "run_alone",
+    policy: Policy = "fifo",
+    aging: float | timedelta = 0.1,
+    batch_timeout: float | timedelta | None = None,
+    isolate_failures: bool = False,
+    retry: Retry | None = None,
+    circuit_breaker: CircuitBreaker | None = None,
+    rate_limit: RateLimit | None = None,
+    cache: MutableMapping[Any, Any] | AsyncCache | None = None,
+    key: Callable[[Any], Hashable] | None = None,
+    hooks: Hooks | Sequence[Hooks] | None = None,
+    collate: Collator[Any, Any] | None = None,
+) -> _BatchDecorator:
     """
     Turn a batch function into one you call with one item at a time.
 
@@ -418,9 +456,9 @@ def batch(**options: Any) -> _BatchDecorator:
     Calling it with no open ``serving()`` raises :class:`~batchscope.NoActiveScopeError`.
 
     Args:
-        **options: The keyword options of :class:`~batchscope.BatchScope`
-            (``max_batch_size``, ``max_wait``, ...), used for every scope
-            :meth:`~BatchedFunction.serving` opens.
+        max_batch_size, max_wait, ...: The keyword options of
+            :class:`~batchscope.BatchScope`, with the same names, defaults and meaning,
+            used for every scope :meth:`~BatchedFunction.serving` opens.
 
     Returns:
         A decorator.
@@ -431,4 +469,28 @@ def batch(**options: Any) -> _BatchDecorator:
 
     .. versionadded:: 0.1.0
     """
-    return _BatchDecorator(dict(options))
+    return _BatchDecorator(
+        {
+            "max_batch_size": max_batch_size,
+            "max_wait": max_wait,
+            "target_latency": target_latency,
+            "max_queue_size": max_queue_size,
+            "on_full": on_full,
+            "max_concurrent_batches": max_concurrent_batches,
+            "cost": cost,
+            "max_batch_cost": max_batch_cost,
+            "cost_mode": cost_mode,
+            "oversize": oversize,
+            "policy": policy,
+            "aging": aging,
+            "batch_timeout": batch_timeout,
+            "isolate_failures": isolate_failures,
+            "retry": retry,
+            "circuit_breaker": circuit_breaker,
+            "rate_limit": rate_limit,
+            "cache": cache,
+            "key": key,
+            "hooks": hooks,
+            "collate": collate,
+        }
+    )

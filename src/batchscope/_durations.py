@@ -1,16 +1,34 @@
 """
-Validation helpers shared by the option classes: ints and durations, named in errors.
+Validation helpers shared by the option classes: ints, numbers and durations, named in errors.
+
+The one home of the validators that more than one option class uses (:class:`ScopeConfig`
+in ``_config``, the resilience objects, the array collators, the Ray pool). It sits below
+``_config`` because ``_config`` imports the resilience objects, which validate with these.
+Also here, as the lowest module every package imports: :func:`fix_module_names`, which
+the package ``__init__`` modules share.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
+from types import FunctionType
+from typing import Any
 
-__all__ = ["check_int", "to_seconds", "type_name"]
+import attrs
+
+__all__ = [
+    "check_int",
+    "fix_module_names",
+    "optional_positive_number",
+    "to_seconds",
+    "type_name",
+]
 
 
 def type_name(value: object) -> str:
+    """The short type name used in error messages."""
     return type(value).__name__
 
 
@@ -42,3 +60,29 @@ def to_seconds(name: str, value: object) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{name!r} must be a finite duration >= 0, got {value!r}")
     return seconds
+
+
+def optional_positive_number(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    """An attrs validator: None, or a finite int/float (not a bool) above zero."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{attribute.name!r} must be a number, not {type_name(value)}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{attribute.name!r} must be a finite number > 0, got {value!r}")
+
+
+def fix_module_names(package: str, namespace: Mapping[str, Any], names: Iterable[str]) -> None:
+    """
+    Give the objects *package* re-exports its public name as their ``__module__``.
+
+    Tracebacks and reprs then say ``batchscope.ScopeClosedError``, not the private module
+    (trio's ``fixup_module_metadata``, anyio's ``fix_package_names``). An exported
+    instance (a sentinel such as ``MISSING``) has its class renamed.
+    """
+    for name in names:
+        obj: object = namespace[name]
+        if not isinstance(obj, (type, FunctionType)):
+            obj = type(obj)
+        if getattr(obj, "__module__", "").startswith(f"{package}."):
+            obj.__module__ = package

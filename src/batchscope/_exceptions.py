@@ -14,8 +14,11 @@ The tree::
         ├── BatchSizeMismatchError      the batch function returned the wrong number
         │                               of results
         ├── CircuitOpenError            the circuit breaker is open
-        └── NoActiveScopeError          misuse: no open scope to submit to (also a
-                                        RuntimeError)
+        ├── NoActiveScopeError          misuse: no open scope to submit to (also a
+        │                               RuntimeError)
+        └── ReplicaUnavailableError     ``batchscope.ray``: no Ray replica could run a
+                                        batch (replicas died and could not be replaced,
+                                        did not start in time, or failed in turn)
 
 Timeouts raise the builtin :class:`TimeoutError`. Exceptions raised by the batch function
 reach its callers unchanged (same type, so ``except ValueError`` works). Cancellation

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import anyio
 import attrs
@@ -22,9 +22,30 @@ import attrs
 if TYPE_CHECKING:
     from ._scope import BatchScope
 
-__all__ = ["BatchFinished", "BatchStarted", "HookRunner", "Hooks", "RateLimitedLog"]
+__all__ = [
+    "BatchFinished",
+    "BatchStarted",
+    "HookRunner",
+    "Hooks",
+    "RateLimitedLog",
+    "RejectReason",
+    "ReleaseReason",
+]
 
 logger = logging.getLogger("batchscope")
+
+#: Why a batch left the queue: ``size`` (``max_batch_size`` items were pending), ``cost``
+#: (the cost budget was reached), ``timer`` (its oldest item waited ``max_wait``),
+#: ``deadline`` (a caller's deadline could not wait longer), ``drain`` (the scope is
+#: closing).
+ReleaseReason = Literal["size", "cost", "timer", "deadline", "drain"]
+
+#: Why a submit was refused before its item was queued: ``queue_full``
+#: (``on_full="reject"``), ``closed`` (the scope is closed or closing), ``too_large``
+#: (``oversize="reject"``), ``bad_cost`` (``cost`` raised or returned no valid number),
+#: ``bad_key`` (``key`` raised or returned something unhashable), ``circuit_open`` (the
+#: circuit breaker is open).
+RejectReason = Literal["queue_full", "closed", "too_large", "bad_cost", "bad_key", "circuit_open"]
 
 #: How a batch ended: ``ok`` (every item got a result), ``partial`` (some items failed
 #: alone), ``failed`` (fn raised, or a wrong result count, for the whole batch),
@@ -32,6 +53,7 @@ logger = logging.getLogger("batchscope")
 Outcome = Literal["ok", "partial", "failed", "abandoned"]
 
 
+@final
 @attrs.frozen
 class BatchStarted:
     """A batch left the queue."""
@@ -41,11 +63,12 @@ class BatchStarted:
     #: Its cost as the scope counts it (padded or summed), or its size without ``cost``.
     cost: float
     #: Why it left: ``size``, ``cost``, ``timer``, ``deadline`` or ``drain``.
-    reason: str
+    reason: ReleaseReason
     #: Seconds each item waited in the queue.
     queue_waits: tuple[float, ...]
 
 
+@final
 @attrs.frozen
 class BatchFinished:
     """A batch ended: all its calls of fn are done (retries and isolation included)."""
@@ -86,7 +109,7 @@ class Hooks:
     def batch_finished(self, event: BatchFinished) -> None:
         """A batch ended."""
 
-    def item_rejected(self, reason: str) -> None:
+    def item_rejected(self, reason: RejectReason) -> None:
         """A submit was refused before queueing: ``queue_full``, ``closed``,
         ``too_large``, ``bad_cost``, ``bad_key``, ``circuit_open``."""
 

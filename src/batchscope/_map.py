@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Callable, Iterable, Sized
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar, final
 
 import anyio
 import anyio.lowlevel
@@ -139,6 +139,7 @@ async def gather(
     ]
 
 
+@final
 class MapIterator(Generic[In, Out]):
     """
     The async iterator :meth:`BatchScope.map` returns; also an async context manager.

@@ -45,6 +45,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import anyio
 import attrs
 
+from ._hooks import ReleaseReason
+
 __all__ = [
     "ABANDONED",
     "DONE",
@@ -93,7 +95,7 @@ class _NoKey:
 NO_KEY: Any = _NoKey()
 
 #: Why a batch left the pool: ``size``, ``cost``, ``timer``, ``deadline`` or ``drain``.
-Release = str
+Release = ReleaseReason
 
 
 class Item(ABC, Generic[In, Out]):

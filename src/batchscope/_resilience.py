@@ -14,15 +14,14 @@ drive; the formula itself is three lines.
 
 from __future__ import annotations
 
-import math
 import random
 from datetime import timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, final
 
 import anyio
 import attrs
 
-from ._durations import check_int, to_seconds
+from ._durations import check_int, optional_positive_number, to_seconds
 
 __all__ = ["BreakerState", "CircuitBreaker", "RateLimit", "Retry", "TokenBucket"]
 
@@ -63,6 +62,7 @@ def _positive(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     check_int(attribute.name, value, minimum=1)
 
 
+@final
 @attrs.frozen(kw_only=True)
 class Retry:
     """
@@ -101,6 +101,7 @@ class Retry:
         return min(self.wait_max, self.wait_initial * 2.0 ** (retry - 1) + jitter)
 
 
+@final
 @attrs.frozen(kw_only=True)
 class CircuitBreaker:
     """
@@ -119,15 +120,7 @@ class CircuitBreaker:
     reset_timeout: float = attrs.field(default=30.0, converter=_reset_timeout)
 
 
-def _optional_rate(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name!r} must be a number, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{attribute.name!r} must be a finite number > 0, got {value!r}")
-
-
+@final
 @attrs.frozen(kw_only=True)
 class RateLimit:
     """
@@ -144,8 +137,8 @@ class RateLimit:
     .. versionadded:: 0.1.0
     """
 
-    batches_per_second: float | None = attrs.field(default=None, validator=_optional_rate)
-    cost_per_minute: float | None = attrs.field(default=None, validator=_optional_rate)
+    batches_per_second: float | None = attrs.field(default=None, validator=optional_positive_number)
+    cost_per_minute: float | None = attrs.field(default=None, validator=optional_positive_number)
 
     def __attrs_post_init__(self) -> None:
         if self.batches_per_second is None and self.cost_per_minute is None:

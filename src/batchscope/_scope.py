@@ -26,7 +26,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any, Generic, Literal, TypeVar, cast, overload
+from typing import Any, Generic, Literal, TypeVar, cast, final, overload
 
 import anyio
 import attrs
@@ -45,7 +45,7 @@ from ._exceptions import (
     ScopeClosedError,
 )
 from ._executor import BatchFunction, Collator, Executor, check_collator
-from ._hooks import HookRunner, Hooks, RateLimitedLog
+from ._hooks import HookRunner, Hooks, RateLimitedLog, RejectReason
 from ._map import MapIterator, gather
 from ._pending import (
     ABANDONED,
@@ -120,6 +120,7 @@ def _check_priority(priority: object) -> None:
         raise ValueError(f"'priority' must be a finite number, got {priority}")
 
 
+@final
 class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
     """
     Collect items submitted by many concurrent callers into batches for one function.
@@ -542,7 +543,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             self._reject("closed")
             raise self._closed_now()
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, reason: RejectReason) -> None:
         self._recorder.rejected += 1
         if self._hooks is not None:
             self._hooks.call("item_rejected", reason)

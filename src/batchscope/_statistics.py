@@ -13,17 +13,21 @@ import math
 from collections import Counter, deque
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import final, get_args
 
 import attrs
+
+from ._hooks import ReleaseReason
 
 __all__ = ["SAMPLES", "BatchStatistics", "Percentiles", "Recorder"]
 
 #: How many recent items the latency and queue-wait percentiles are computed over.
 SAMPLES = 10_000
 
-RELEASE_REASONS = ("size", "cost", "timer", "deadline", "drain")
+RELEASE_REASONS: tuple[ReleaseReason, ...] = get_args(ReleaseReason)
 
 
+@final
 @attrs.frozen
 class Percentiles:
     """
@@ -51,6 +55,7 @@ class Percentiles:
         return cls(rank(0.50), rank(0.90), rank(0.99))
 
 
+@final
 @attrs.frozen(kw_only=True)
 class BatchStatistics:
     """
@@ -89,7 +94,7 @@ class BatchStatistics:
     #: ``(size, count)`` pairs, by size: how many batches had each size.
     batch_size_histogram: tuple[tuple[int, int], ...]
     #: Batches released per reason: ``size``, ``cost``, ``timer``, ``deadline``, ``drain``.
-    release_reasons: Mapping[str, int] = attrs.field(hash=False)
+    release_reasons: Mapping[ReleaseReason, int] = attrs.field(hash=False)
     #: Time from submit to dispatch, over recent items.
     queue_wait_ms: Percentiles
     #: Time from submit to the end of the item's batch, over recent items.
@@ -135,7 +140,7 @@ class Recorder:
     retries: int = 0
     isolation_calls: int = 0
     sizes: Counter[int] = attrs.Factory(Counter[int])
-    reasons: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(RELEASE_REASONS, 0))
+    reasons: dict[ReleaseReason, int] = attrs.Factory(lambda: dict.fromkeys(RELEASE_REASONS, 0))
     queue_waits: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
     latencies: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._hooks import BatchFinished, BatchStarted, Hooks
+from ._hooks import BatchFinished, BatchStarted, Hooks, RejectReason
 
 if TYPE_CHECKING:
     from ._scope import BatchScope
@@ -176,7 +176,7 @@ class PrometheusHooks(Hooks):
         for seconds in event.latencies:
             latency.observe(seconds)
 
-    def item_rejected(self, reason: str) -> None:
+    def item_rejected(self, reason: RejectReason) -> None:
         self._m("items", outcome=f"rejected_{reason}").inc()
 
     def item_cancelled(self, dispatched: bool) -> None:
@@ -258,7 +258,7 @@ class OpenTelemetryHooks(Hooks):
         for seconds in event.latencies:
             self._latency.record(seconds, self._attributes)
 
-    def item_rejected(self, reason: str) -> None:
+    def item_rejected(self, reason: RejectReason) -> None:
         self._items.add(1, self._with(**{"batchscope.outcome": f"rejected_{reason}"}))
 
     def item_cancelled(self, dispatched: bool) -> None:

@@ -31,7 +31,7 @@ import functools
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, cast, final
 
 import anyio
 import anyio.to_thread
@@ -79,6 +79,7 @@ class ReplicaUnavailableError(BatchScopeError):
     """
 
 
+@final
 @attrs.frozen(kw_only=True)
 class RayPoolStatistics:
     """
@@ -162,6 +163,7 @@ def _unwrap(error: ray.exceptions.RayTaskError) -> BaseException:
     return unwrapped
 
 
+@final
 class RayReplicaPool(AsyncContextManagerMixin):
     """
     An async batch function that runs each batch on a pool of Ray actors.

@@ -16,7 +16,7 @@ httpx's ``MockTransport``::
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, final
 
 import anyio
 import attrs
@@ -31,6 +31,7 @@ def _identity(item: Any) -> Any:
     return item
 
 
+@final
 @attrs.define(eq=False)
 class FakeBatchFunction(Generic[In, Out]):
     """

@@ -34,13 +34,7 @@ from ._pad import PadOptions as PadOptions
 __all__ = ["PadCollator", "PadOptions", "PaddedBatch", "PaddedDict"]
 
 
-def _fix_module_names() -> None:
-    # Reprs and tracebacks say batchscope.arrays.PadCollator, not the private module.
-    for name in __all__:
-        obj = globals()[name]
-        if getattr(obj, "__module__", "").startswith(f"{__name__}."):
-            obj.__module__ = __name__
+from .._durations import fix_module_names as _fix_module_names
 
-
-_fix_module_names()
+_fix_module_names(__name__, globals(), __all__)
 del _fix_module_names, _array_api_compat

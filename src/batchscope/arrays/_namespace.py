@@ -18,6 +18,8 @@ from typing import Any
 
 import array_api_compat
 
+from .._durations import type_name
+
 # array-api-compat's signatures mention array types of libraries that may be missing.
 _is_array_api_obj: Callable[[object], bool] = array_api_compat.is_array_api_obj  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
 _device: Callable[[Any], Any] = array_api_compat.device  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
@@ -41,11 +43,6 @@ NamespaceSpec = ModuleType | str | None
 
 # Libraries whose own module is not an Array API namespace: array-api-compat wraps them.
 _WRAPPED = frozenset({"numpy", "cupy", "torch", "dask.array"})
-
-
-def type_name(value: object) -> str:
-    """The short type name used in error messages."""
-    return type(value).__name__
 
 
 def check_namespace_spec(value: object) -> None:

@@ -11,7 +11,7 @@ output back to where the items came from and cuts it into one result per caller.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, cast, final, overload
 
 import anyio.lowlevel
 import attrs
@@ -39,6 +39,7 @@ ResultsDevice = Literal["items", "fn"]
 CudaWait = Literal["thread", "poll"]
 
 
+@final
 @attrs.frozen(eq=False)
 class PaddedBatch:
     """
@@ -65,6 +66,7 @@ class PaddedBatch:
         return int(self.data.shape[1])
 
 
+@final
 class PaddedDict(Mapping[str, Any]):
     """
     What fn receives from a :class:`PadCollator` when the items are dicts of arrays.
@@ -167,6 +169,7 @@ def _namespace(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     ns.check_namespace_spec(value)
 
 
+@final
 @attrs.frozen(kw_only=True)
 class PadOptions:
     """The validated options of a :class:`PadCollator` (see there for their meaning)."""
@@ -185,6 +188,7 @@ class PadOptions:
     max_staging_buffers: int = attrs.field(default=4, validator=_positive)
 
 
+@final
 class PadCollator:
     """
     Pads variable-length arrays into one batch array; splits fn's output per item.

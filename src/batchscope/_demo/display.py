@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._demo import COLUMNS, DemoResult, Phase, format_table, summary, table_rows
+from . import COLUMNS, DemoResult, Phase, format_table, legend, summary, table_rows
 
 __all__ = [
     "PLOT_FORMATS",
@@ -146,6 +146,9 @@ def print_results(results: Sequence[DemoResult], stream: TextIO, *, rich: bool) 
     console.print(table)
     for line in summary(results):
         console.print(line, highlight=False)
+    console.print()
+    for line in legend(results):
+        console.print(line, style="dim", highlight=False)
 
 
 def _cdf(latencies: Sequence[float]) -> tuple[list[float], list[float]]:

@@ -26,8 +26,8 @@ from typing import Literal, Protocol
 import anyio
 import attrs
 
-from ._demo_models import WORDS, DemoModel
-from ._scope import BatchScope
+from .._scope import BatchScope
+from .models import WORDS, DemoModel
 
 __all__ = [
     "MODES",
@@ -38,6 +38,7 @@ __all__ = [
     "Phase",
     "format_header",
     "format_table",
+    "legend",
     "percentile",
     "request_lengths",
     "requests",
@@ -336,6 +337,24 @@ def summary(results: Sequence[DemoResult]) -> list[str]:
     return lines
 
 
+def legend(results: Sequence[DemoResult]) -> list[str]:
+    """What the columns a newcomer may misread mean: padding efficiency, timer releases."""
+    lines = [
+        "padding eff.: real tokens / padded tokens over all batches (a padded batch costs "
+        "its size times its longest request; 100% = no padding)",
+        "batches released by: size = a full batch was pending; timer = the oldest request "
+        "had waited max_wait when the model became free",
+    ]
+    if any(r.mode == "length" for r in results):
+        lines.append(
+            "length-bucketed: under load many batches leave on the timer because each "
+            "length bucket fills more slowly than the whole queue; when the busy model frees "
+            "up, the oldest request has already waited max_wait and its bucket goes, nearly "
+            "full (see batch): the batch waited for the model, not idly"
+        )
+    return lines
+
+
 def format_table(results: Sequence[DemoResult]) -> str:
     """The results as a plain-text table, with a summary below it."""
     rows = [COLUMNS, *table_rows(results)]
@@ -347,4 +366,4 @@ def format_table(results: Sequence[DemoResult]) -> str:
         cells.append(row[-1])
         return "  ".join(cells).rstrip()
 
-    return "\n".join([line(row) for row in rows] + ["", *summary(results)])
+    return "\n".join([line(row) for row in rows] + ["", *summary(results), "", *legend(results)])
