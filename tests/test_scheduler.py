@@ -272,3 +272,55 @@ def test_run_time_model_of_equal_loads_predicts_their_mean() -> None:
         model.observe(32.0, seconds)
     assert model.predict(32) == pytest.approx(0.012)
     assert model.predict(64) == pytest.approx(0.012)  # no slope from equal loads
+
+
+async def test_a_hurried_caller_is_in_the_batch_its_deadline_releases() -> None:
+    """The batch a caller's deadline releases contains that caller's item, and serves it."""
+    fake = FakeBatchFunction[int, int]()
+    async with bs.BatchScope(fake, max_wait=1.0) as scope, anyio.create_task_group() as tg:
+        tg.start_soon(scope.submit, 1)  # no deadline: would wait a second
+        await anyio.sleep(0.1)
+        with anyio.fail_after(0.002):  # nearer than the untimed 2 ms guess: still served
+            assert await scope.submit(2) == 2
+    assert fake.batches == [[1, 2]]
+    assert fake.call_times == [pytest.approx(0.1)]
+    assert scope.statistics().release_reasons["deadline"] == 1
+
+
+async def test_after_one_slow_batch_the_estimate_decays() -> None:
+    """One 600 ms batch leaves no 300 ms caller out, and the next fast batch replaces it."""
+    durations = iter([0.6, 0.001, 0.001])
+
+    async def fn(items: list[int]) -> list[int]:
+        await anyio.sleep(next(durations))
+        return items
+
+    async with bs.BatchScope(fn, max_wait=0.010) as scope:
+        assert await scope.submit(0) == 0  # the cold start: 600 ms
+        assert scope._scheduler.model.confirmed(1.0) == 0.0  # nothing confirms it
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scope.submit, 1)
+            await anyio.sleep(0.001)
+            with anyio.fail_after(0.3):
+                assert await scope.submit(2) == 2
+        model = scope._scheduler.model
+        assert model.confirmed(2.0) == pytest.approx(0.001)
+        assert model.predict(2.0) > 0.1  # the fit still remembers the cold start
+        with anyio.fail_after(0.3):
+            assert await scope.submit(3) == 3
+        stats = scope.statistics()
+    assert (stats.completed, stats.cancelled, stats.batches) == (4, 0, 3)
+
+
+def test_confirmed_run_time_needs_two_batches_and_trusts_the_faster() -> None:
+    """confirmed() is 0 until two batches are timed, then the least of the fit and the last two."""
+    model = RunTimeModel()
+    assert model.confirmed(1.0) == 0.0
+    model.observe(1.0, 0.600)
+    assert model.confirmed(1.0) == 0.0
+    model.observe(1.0, 0.010)
+    assert model.confirmed(1.0) == pytest.approx(0.010)
+    model.observe(1.0, 0.020)
+    assert model.confirmed(1.0) == pytest.approx(0.010)
+    model.observe(1.0, 0.030)
+    assert model.confirmed(1.0) == pytest.approx(0.020)
