@@ -280,7 +280,7 @@ async def test_a_hurried_caller_is_in_the_batch_its_deadline_releases() -> None:
     async with bs.BatchScope(fake, max_wait=1.0) as scope, anyio.create_task_group() as tg:
         tg.start_soon(scope.submit, 1)  # no deadline: would wait a second
         await anyio.sleep(0.1)
-        with anyio.fail_after(0.002):  # nearer than the untimed 2 ms guess: still served
+        with anyio.fail_after(0.001):  # nearer than the untimed 2 ms guess: still served
             assert await scope.submit(2) == 2
     assert fake.batches == [[1, 2]]
     assert fake.call_times == [pytest.approx(0.1)]
