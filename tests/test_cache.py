@@ -237,6 +237,7 @@ async def test_follower_revives_an_item_set_aside_for_the_leaders_deadline() -> 
                 got.append(await scope.submit(4))
 
             tg.start_soon(scope.submit, 5)  # a companion: a full batch, going without it
+            await anyio.sleep(0.001)  # item 5 is pending first
             tg.start_soon(hurried)
             await anyio.wait_all_tasks_blocked()
             tg.start_soon(patient)
