@@ -222,24 +222,28 @@ async def test_dedup_shares_failures_without_caching_them() -> None:
 
 async def test_follower_revives_an_item_set_aside_for_the_leaders_deadline() -> None:
     """A leader too hurried to be served, then a patient follower: the follower is served."""
-    fake = FakeBatchFunction[int, int]()
+    fake = FakeBatchFunction[int, int](delay=0.010)
     got: list[int] = []
-    async with bs.BatchScope(fake, key=lambda x: x, max_wait=0.01) as scope:
+    async with bs.BatchScope(fake, key=lambda x: x, max_batch_size=2, max_wait=0.01) as scope:
+        assert await scope.submit_many([0]) == [0]
+        assert await scope.submit_many([1]) == [1]  # two batches confirm 10 ms
         async with anyio.create_task_group() as tg:
 
             async def hurried() -> None:
-                with anyio.move_on_after(0.001):  # nearer than a batch takes: set aside
+                with anyio.move_on_after(0.005):  # nearer than a batch takes: set aside
                     await scope.submit(4)
 
             async def patient() -> None:
                 got.append(await scope.submit(4))
 
+            tg.start_soon(scope.submit, 5)  # a companion: a full batch, going without it
+            await anyio.sleep(0.001)  # item 5 is pending first
             tg.start_soon(hurried)
             await anyio.wait_all_tasks_blocked()
             tg.start_soon(patient)
         stats = scope.statistics()
     assert got == [4]
-    assert fake.items == [4]
+    assert fake.batches == [[0], [1], [5], [4]]
     check(stats)
 
 

@@ -13,25 +13,34 @@ pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 
 async def test_timed_out_caller_is_withdrawn_before_dispatch() -> None:
     """A caller whose move_on_after fires before dispatch: its item never reaches fn."""
-    fake = FakeBatchFunction[int, int]()
-    async with bs.BatchScope(fake, max_wait=0.010) as scope:
-        # 1 ms is less than a batch is expected to take (2 ms before any is timed).
+    fake = FakeBatchFunction[int, int](delay=0.005)
+    async with (
+        bs.BatchScope(fake, max_batch_size=1, max_wait=0.010) as scope,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(scope.submit, 0)  # the only slot is busy for 5 ms
+        await anyio.sleep(0.001)  # item 0 is running
         with anyio.move_on_after(0.001) as waited:
             await scope.submit(1)
         assert waited.cancelled_caught  # the cancellation reached the caller's scope
         assert await scope.submit(2) == 2
         stats = scope.statistics()
-    assert fake.batches == [[2]]
-    assert (stats.submitted, stats.completed, stats.cancelled, stats.pending) == (2, 1, 1, 0)
+    assert fake.batches == [[0], [2]]
+    assert (stats.submitted, stats.completed, stats.cancelled, stats.pending) == (3, 2, 1, 0)
 
 
 async def test_fail_after_raises_timeout_error_and_withdraws() -> None:
     """fail_after around submit raises TimeoutError (from AnyIO) and the item is withdrawn."""
-    fake = FakeBatchFunction[int, int]()
-    async with bs.BatchScope(fake, max_wait=1.0) as scope:
+    fake = FakeBatchFunction[int, int](delay=1.0)
+    async with (
+        bs.BatchScope(fake, max_batch_size=1, max_wait=1.0) as scope,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(scope.submit, 0)  # the only slot is busy for a second
+        await anyio.sleep(0.001)  # item 0 is running
         with pytest.raises(TimeoutError), anyio.fail_after(0.001):
             await scope.submit(1)
-    assert fake.batches == []
+    assert fake.batches == [[0]]
 
 
 async def test_cancellation_after_dispatch_takes_effect_at_once() -> None:

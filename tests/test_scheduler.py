@@ -117,7 +117,9 @@ async def test_a_later_arrival_with_a_deadline_shortens_the_wait() -> None:
         await anyio.sleep(0.1)
         with anyio.fail_after(0.050):
             assert await scope.submit(2) == 2
-    assert fake.call_times == [pytest.approx(0.147, abs=1e-5)]
+    # 50 ms left at 0.1: released 3 ms (1.5 default batch times) and 5 ms (a tenth of
+    # the caller's time, DEADLINE_SHARE) before its deadline.
+    assert fake.call_times == [pytest.approx(0.142, abs=1e-5)]
     assert scope.statistics().release_reasons["deadline"] == 1
 
 
@@ -185,8 +187,9 @@ async def test_partial_batch_leaves_early_for_a_callers_deadline() -> None:
         tg.start_soon(scope.submit, 1)  # no deadline: would wait a second
         with anyio.fail_after(0.050):
             assert await scope.submit(2) == 2
-    # Released 1.5 estimated batch times (2 ms each before any is timed) early.
-    assert fake.call_times == [pytest.approx(0.047)]
+    # Released 1.5 estimated batch times (2 ms each before any is timed) and a tenth of
+    # the caller's 50 ms (DEADLINE_SHARE) early.
+    assert fake.call_times == [pytest.approx(0.042)]
     assert sorted(fake.batches[0]) == [1, 2]
     assert scope.statistics().release_reasons["deadline"] == 1
 
@@ -195,15 +198,18 @@ async def test_item_that_cannot_finish_in_time_never_reaches_fn() -> None:
     """With batches known to take 100 ms, a caller with 50 ms to live is never dispatched."""
     fake = FakeBatchFunction[int, int](delay=0.100)
     async with bs.BatchScope(fake, max_wait=0.010) as scope:
-        assert await scope.submit(0) == 0  # times one batch: the model now says 100 ms
+        # Two batches timed: 100 ms is confirmed (one alone could be a cold start).
+        assert await scope.submit(0) == 0
+        assert await scope.submit(0) == 0
         async with anyio.create_task_group() as tg:
             tg.start_soon(scope.submit, 1)
+            await anyio.sleep(0.001)  # item 1 is pending: the batch goes without item 2
             with anyio.move_on_after(0.050) as impatient:
                 await scope.submit(2)
         assert impatient.cancelled_caught
         stats = scope.statistics()
-    assert fake.items == [0, 1]
-    assert (stats.completed, stats.cancelled) == (2, 1)
+    assert fake.items == [0, 0, 1]
+    assert (stats.completed, stats.cancelled) == (3, 1)
 
 
 async def test_auto_max_wait_meets_the_latency_target() -> None:
@@ -220,8 +226,13 @@ async def test_auto_max_wait_meets_the_latency_target() -> None:
 
 async def test_caller_whose_deadline_moved_still_gets_its_result() -> None:
     """An item set aside for a passed deadline runs anyway if its caller turns out to still wait."""
-    fake = FakeBatchFunction[int, int]()
-    async with bs.BatchScope(fake, max_wait=0.010) as scope:
+    fake = FakeBatchFunction[int, int](delay=0.010)
+    async with (
+        bs.BatchScope(fake, max_batch_size=1, max_wait=0.010) as scope,
+        anyio.create_task_group() as outer,
+    ):
+        outer.start_soon(scope.submit, 0)  # the only slot is busy for 10 ms
+        await anyio.sleep(0.001)  # item 0 is running
         with anyio.CancelScope(deadline=anyio.current_time() + 0.005) as caller_scope:
             async with anyio.create_task_group() as tg:
 
@@ -231,8 +242,9 @@ async def test_caller_whose_deadline_moved_still_gets_its_result() -> None:
 
                 tg.start_soon(extend)
                 assert await scope.submit(5) == 5
-    assert fake.items == [5]
-    assert scope.statistics().completed == 1
+    assert fake.items == [0, 5]
+    assert fake.call_times[1] == pytest.approx(0.010)  # the slot freed: set aside, revived
+    assert scope.statistics().completed == 2
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.001])
@@ -260,3 +272,55 @@ def test_run_time_model_of_equal_loads_predicts_their_mean() -> None:
         model.observe(32.0, seconds)
     assert model.predict(32) == pytest.approx(0.012)
     assert model.predict(64) == pytest.approx(0.012)  # no slope from equal loads
+
+
+async def test_a_hurried_caller_is_in_the_batch_its_deadline_releases() -> None:
+    """The batch a caller's deadline releases contains that caller's item, and serves it."""
+    fake = FakeBatchFunction[int, int]()
+    async with bs.BatchScope(fake, max_wait=1.0) as scope, anyio.create_task_group() as tg:
+        tg.start_soon(scope.submit, 1)  # no deadline: would wait a second
+        await anyio.sleep(0.1)
+        with anyio.fail_after(0.001):  # nearer than the untimed 2 ms guess: still served
+            assert await scope.submit(2) == 2
+    assert fake.batches == [[1, 2]]
+    assert fake.call_times == [pytest.approx(0.1)]
+    assert scope.statistics().release_reasons["deadline"] == 1
+
+
+async def test_after_one_slow_batch_the_estimate_decays() -> None:
+    """One 600 ms batch leaves no 300 ms caller out, and the next fast batch replaces it."""
+    durations = iter([0.6, 0.001, 0.001])
+
+    async def fn(items: list[int]) -> list[int]:
+        await anyio.sleep(next(durations))
+        return items
+
+    async with bs.BatchScope(fn, max_wait=0.010) as scope:
+        assert await scope.submit(0) == 0  # the cold start: 600 ms
+        assert scope._scheduler.model.confirmed(1.0) == 0.0  # nothing confirms it
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scope.submit, 1)
+            await anyio.sleep(0.001)
+            with anyio.fail_after(0.3):
+                assert await scope.submit(2) == 2
+        model = scope._scheduler.model
+        assert model.confirmed(2.0) == pytest.approx(0.001)
+        assert model.predict(2.0) > 0.1  # the fit still remembers the cold start
+        with anyio.fail_after(0.3):
+            assert await scope.submit(3) == 3
+        stats = scope.statistics()
+    assert (stats.completed, stats.cancelled, stats.batches) == (4, 0, 3)
+
+
+def test_confirmed_run_time_needs_two_batches_and_trusts_the_faster() -> None:
+    """confirmed() is 0 until two batches are timed, then the least of the fit and the last two."""
+    model = RunTimeModel()
+    assert model.confirmed(1.0) == 0.0
+    model.observe(1.0, 0.600)
+    assert model.confirmed(1.0) == 0.0
+    model.observe(1.0, 0.010)
+    assert model.confirmed(1.0) == pytest.approx(0.010)
+    model.observe(1.0, 0.020)
+    assert model.confirmed(1.0) == pytest.approx(0.010)
+    model.observe(1.0, 0.030)
+    assert model.confirmed(1.0) == pytest.approx(0.020)

@@ -113,7 +113,9 @@ class LengthPool(PoolBase):
             if reason == "deadline":
                 anchor = self._urgent_bucket(anchor)
         low, high = self._window(anchor, limits.max_batch_size)
-        batch, by_cost = self._fill(self._candidates(anchor, low, high), now, limits)
+        batch, by_cost = self._fill(
+            self._candidates(anchor, low, high), now, limits, self._releasing(reason, limits)
+        )
         if not batch:
             return None
         waits = sum(now - item.arrival for item in batch) / len(batch)

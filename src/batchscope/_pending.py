@@ -20,10 +20,18 @@ leader does, with the leader's outcome (or WITHDRAWN if its caller leaves first)
 Whoever moves an item out of QUEUED/POOLED/EXPIRED/RUNNING ends it; every later attempt
 sees the new state and does nothing, which is what makes completion exactly-once.
 
-An item whose caller's deadline has already passed when a batch is formed is never handed
-to fn: the pool sets it aside as EXPIRED, for its caller's cancellation (already due) to
-withdraw. Should the caller still be there a scheduler tick later (its deadline was moved),
-the item goes back to the pool with no deadline: nobody hangs.
+An item whose caller cannot be served in time even if dispatched now (its deadline has
+passed, or is nearer than the run time that recent batches confirm) is never handed to fn:
+the pool sets it aside as EXPIRED, for its caller's cancellation to withdraw. Should the
+caller still be there once its deadline has passed and a scheduler tick later (its
+deadline was moved), the item goes back to the pool with no deadline: nobody hangs; and
+should the estimate drop first (a faster batch ran), it goes back with its deadline.
+
+Two exceptions keep deadline callers served on a real loop, whose timers fire late: the
+item whose deadline released a partial batch is in it (unless that deadline has passed),
+and items left out only for the estimate still run when nothing else would (a free slot
+never sits idle while a live caller is due: the caller gets its chance, the estimate a
+new sample).
 
 A pool decides *which* items go together and *when* a batch is due. Every pool shares
 :class:`PoolBase` (arrival order for ``max_wait`` and aging, a deadline heap for early
@@ -49,6 +57,7 @@ from ._hooks import ReleaseReason
 
 __all__ = [
     "ABANDONED",
+    "DEADLINE_SHARE",
     "DONE",
     "EXPIRED",
     "FOLLOWING",
@@ -96,6 +105,13 @@ NO_KEY: Any = _NoKey()
 
 #: Why a batch left the pool: ``size``, ``cost``, ``timer``, ``deadline`` or ``drain``.
 Release = ReleaseReason
+
+#: The share of a caller's time (from its item's arrival to its deadline) that a partial
+#: batch keeps in hand when it leaves for that deadline, on top of ``Limits.lead``: what
+#: absorbs a real loop's worst timer delays (tens of milliseconds on a loaded machine,
+#: beyond what the scheduler has measured) for any caller that allows more than a few
+#: times that. A caller giving 1 s has its batch sent at the latest 100 ms + lead early.
+DEADLINE_SHARE = 0.1
 
 
 class Item(ABC, Generic[In, Out]):
@@ -283,6 +299,12 @@ class Limits:
     padded: bool
     #: Estimated run time of a batch now (for deadlines).
     runtime: float
+    #: How long before a caller's deadline a partial batch leaves: the estimated run time
+    #: plus a margin for its variance and for the lateness of the scheduler's timer.
+    lead: float = 0.0
+    #: The run time recent batches confirm (0 while none does): an item whose deadline is
+    #: nearer than this is left out of a batch (see :meth:`PoolBase._fill`).
+    confirmed: float = 0.0
 
 
 class Budget:
@@ -332,8 +354,8 @@ class Pool(Protocol):
     live: int
     #: Their total cost.
     pending_cost: float
-    #: Items :meth:`take` set aside (state EXPIRED) because their caller's deadline had
-    #: passed; the scheduler collects them.
+    #: Items :meth:`take` set aside (state EXPIRED) because their caller could not be
+    #: served in time; the scheduler collects them.
     expired: list[Item[Any, Any]]
 
     def add(self, item: Item[Any, Any]) -> None:
@@ -434,7 +456,18 @@ class PoolBase:
         if oldest is None:
             return math.inf
         # Release early when waiting longer would make a caller miss its deadline.
-        return min(oldest.arrival + limits.wait, self.earliest_deadline() - 1.5 * limits.runtime)
+        return min(oldest.arrival + limits.wait, self._deadline_due(limits))
+
+    def _deadline_due(self, limits: Limits) -> float:
+        """
+        When the soonest caller deadline releases a partial batch: ``limits.lead`` and
+        :data:`DEADLINE_SHARE` of that caller's time before it (``inf`` when none).
+        """
+        deadline = self.earliest_deadline()
+        if deadline == math.inf:
+            return math.inf
+        arrival = self._deadlines[0][2].arrival
+        return deadline - limits.lead - DEADLINE_SHARE * max(0.0, deadline - arrival)
 
     def _timer_reason(self, now: float, limits: Limits, draining: bool) -> Release | None:
         """Why a partial batch is due now (drain, timer, deadline), or None."""
@@ -445,37 +478,78 @@ class PoolBase:
             return None
         if now >= oldest.arrival + limits.wait:
             return "timer"
-        if now >= self.earliest_deadline() - 1.5 * limits.runtime:
+        if now >= self._deadline_due(limits):
             return "deadline"
         return None
 
+    def _releasing(self, reason: Release | None, limits: Limits) -> Item[Any, Any] | None:
+        """
+        The item whose deadline released the batch on its schedule, or None: the reason
+        is ``deadline`` and the item arrived before its release point (one that arrived
+        after it was released on arrival, and is judged like any other).
+        """
+        if reason != "deadline" or self.earliest_deadline() == math.inf:
+            return None
+        item = self._deadlines[0][2]
+        return item if item.arrival <= self._deadline_due(limits) else None
+
     def _fill(
-        self, candidates: Iterable[Item[Any, Any]], now: float, limits: Limits
+        self,
+        candidates: Iterable[Item[Any, Any]],
+        now: float,
+        limits: Limits,
+        releasing: Item[Any, Any] | None = None,
     ) -> tuple[list[Item[Any, Any]], bool]:
         """
         Take live candidates in order into a batch under the budget.
 
-        Returns the batch and whether the cost budget (not the size) stopped it. Items
-        whose caller will have given up before the batch can finish are set aside.
+        Returns the batch and whether the cost budget (not the size) stopped it. An item
+        is set aside only when its caller cannot be served in time even if dispatched
+        now: its deadline has passed, or is nearer than the run time recent batches
+        confirm (``limits.confirmed``, 0 until two batches have been timed, so neither
+        the untimed default nor one slow batch leaves anybody out). *releasing*, the
+        item whose deadline released the batch, is in it unless its deadline has passed:
+        it was released in time by the estimate, and a late timer must not undo that.
+
+        Items left out only for the estimate take their room in the budget; if they are
+        all there is, they make the batch: a free slot never sits idle while a live
+        caller is due (it gets its chance, and the estimate a new sample).
         """
         budget = Budget(limits)
         batch: list[Item[Any, Any]] = []
-        give_up = now + limits.runtime
+        doubtful: list[Item[Any, Any]] | None = None
+        give_up = now + limits.confirmed
+        by_cost = False
         for item in candidates:
             if item.state != POOLED:
                 continue
             if budget.full_by_size:
-                return batch, False
+                break
             if not budget.fits(item.cost):
-                return batch, True
+                by_cost = True
+                break
             self._untrack(item, withdrawn=False)
-            if item.deadline < give_up:
-                item.state = EXPIRED
-                self.expired.append(item)
-                continue
+            deadline = item.deadline
+            if deadline < give_up:
+                if deadline < now:
+                    item.state = EXPIRED
+                    self.expired.append(item)
+                    continue
+                if item is not releasing:
+                    if doubtful is None:
+                        doubtful = []
+                    doubtful.append(item)
+                    budget.add(item.cost)
+                    continue
             budget.add(item.cost)
             batch.append(item)
-        return batch, False
+        if doubtful is not None:
+            if not batch:
+                return doubtful, by_cost
+            for item in doubtful:
+                item.state = EXPIRED
+            self.expired.extend(doubtful)
+        return batch, by_cost
 
     def clear(self) -> list[Item[Any, Any]]:
         live = [item for item in self._order if item.state == POOLED]
@@ -571,7 +645,7 @@ class FifoPool(PoolBase):
                 yield order[0]
                 order.popleft()
 
-        batch, by_cost = self._fill(oldest_first(), now, limits)
+        batch, by_cost = self._fill(oldest_first(), now, limits, self._releasing(reason, limits))
         self._prefix = None
         if not batch:
             return None
@@ -642,7 +716,7 @@ class PriorityPool(PoolBase):
                 yield heap[0][2]
                 heapq.heappop(heap)
 
-        batch, by_cost = self._fill(best_first(), now, limits)
+        batch, by_cost = self._fill(best_first(), now, limits, self._releasing(reason, limits))
         if not batch:
             return None
         if reason is None:

@@ -17,10 +17,23 @@ deadline, and nothing wakes it until an item arrives. Once the scope is closing 
 channel closed), it waits under a cancel scope that a freed slot cancels.
 
 It also keeps :class:`RunTimeModel`, a least-squares fit of batch run time against batch
-load over recent batches: callers' deadlines are judged against it (an item whose caller
-would give up before its batch could finish is never dispatched, and a partial batch
-leaves early when waiting longer would miss a deadline), and ``max_wait="auto"`` waits as
-long as a full batch still meets ``target_latency``.
+load over recent batches: callers' deadlines are judged against it, and
+``max_wait="auto"`` waits as long as a full batch still meets ``target_latency``.
+
+Deadlines hold on a real loop, whose timers fire late (by a millisecond on an idle
+asyncio loop, by several when threads hold the GIL):
+
+* A partial batch leaves ``lead`` before the soonest deadline: the estimated run time,
+  plus the larger of half of it (its variance) and :data:`TIMER_SLACK`, plus how late
+  this scheduler's own timers have been firing (a decaying maximum of the lateness it
+  measures each time a timer wakes it, 0 on a virtual clock).
+* An item is left out of a batch only when its caller cannot be served in time even if
+  dispatched now, judged by the run time the last two batches confirm
+  (:meth:`RunTimeModel.confirmed`): the untimed default and one slow batch (a cold
+  start) leave nobody out. The item whose deadline released the batch is in it, and
+  items left out for the estimate still run when they are all there is (see
+  ``_pending``). Items set aside go back to the pool as soon as the confirmed estimate
+  says they can make it after all (a faster batch ran).
 """
 
 from __future__ import annotations
@@ -41,7 +54,7 @@ if TYPE_CHECKING:
     from ._executor import Executor
     from ._scope import BatchScope
 
-__all__ = ["RunTimeModel", "Scheduler"]
+__all__ = ["LATENESS_DECAY", "TIMER_SLACK", "RunTimeModel", "Scheduler"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -67,6 +80,15 @@ class _Poke(Item[Any, Any]):
 
 POKE = _Poke()
 
+#: The least margin a deadline release leaves for the scheduler's timer firing late and the
+#: result reaching its caller, on top of the measured lateness (1 ms: what an idle asyncio
+#: loop adds by rounding its poll timeout up to the millisecond).
+TIMER_SLACK = 0.001
+#: Each measured timer lateness replaces the running maximum if larger; otherwise the
+#: maximum shrinks by this factor: one spike (a GC pause) is forgotten over a few dozen
+#: timers, a loop that stays slow keeps it.
+LATENESS_DECAY = 0.9
+
 
 class RunTimeModel:
     """
@@ -74,6 +96,12 @@ class RunTimeModel:
 
     *load* is the batch size, or its cost (padded or summed, as the scope counts it) when
     the scope has a cost function. Until a batch has been timed it predicts ``DEFAULT``.
+
+    :meth:`predict` (when a partial batch leaves for a deadline, ``max_wait="auto"``)
+    errs long, which only makes batches leave early. :meth:`confirmed`, which leaves
+    callers out, trusts only what the last two batches agree on, so a single slow batch
+    (a cold start) decays out of it at the next batch, while the fit forgets it over
+    ``WINDOW`` batches.
     """
 
     #: Batches the fit looks back over.
@@ -129,6 +157,27 @@ class RunTimeModel:
         """Expected run time in seconds of a batch of *load*."""
         return self._a + self._b * load
 
+    def confirmed(self, load: float) -> float:
+        """
+        The run time of a batch of *load* that recent batches confirm: at most what the
+        fit and each of the last two batches (moved along the fitted slope to *load*)
+        say; 0 until two batches have been timed.
+        """
+        samples = self._samples
+        if len(samples) < 2:
+            return 0.0
+        slope = self._b
+        last_x, last_y = samples[-1]
+        prev_x, prev_y = samples[-2]
+        return max(
+            0.0,
+            min(
+                self._a + slope * load,
+                last_y + slope * (load - last_x),
+                prev_y + slope * (load - prev_x),
+            ),
+        )
+
 
 class Scheduler(Generic[In, Out]):
     """Forms batches from the pool and hands them to the executor."""
@@ -157,6 +206,15 @@ class Scheduler(Generic[In, Out]):
         #: (see _pending), each with whether its deadline was already seen passed.
         self._limbo: dict[Item[In, Out], bool] = {}
         self.model = RunTimeModel()
+        #: How late the scheduler's timers fire: a decaying maximum (see LATENESS_DECAY).
+        self.lateness = 0.0
+
+    def _full_load(self, mean_cost: float) -> float:
+        """The load of a full batch."""
+        config = self._scope.config
+        if config.cost is None:
+            return float(config.max_batch_size)
+        return config.max_batch_cost or config.max_batch_size * mean_cost
 
     def _limits(self) -> Limits:
         config = self._scope.config
@@ -165,21 +223,26 @@ class Scheduler(Generic[In, Out]):
         mean_cost = pool.pending_cost / pool.live if pool.live else 1.0
         if config.cost is None:
             next_load = float(min(pool.live, config.max_batch_size) or 1)
-            full_load = float(config.max_batch_size)
         else:
             next_load = min(pool.live, config.max_batch_size) * mean_cost or 1.0
-            full_load = config.max_batch_cost or config.max_batch_size * mean_cost
         if config.max_wait == "auto":
             assert config.target_latency is not None
-            wait = max(0.0, config.target_latency - model.predict(full_load))
+            wait = max(0.0, config.target_latency - model.predict(self._full_load(mean_cost)))
         else:
             wait = config.max_wait
+        runtime = model.predict(next_load)
+        lead = confirmed = 0.0
+        if pool.earliest_deadline() != math.inf:
+            lead = runtime + max(0.5 * runtime, TIMER_SLACK) + self.lateness
+            confirmed = model.confirmed(next_load)
         return Limits(
             max_batch_size=config.max_batch_size,
             wait=wait,
             max_batch_cost=config.max_batch_cost,
             padded=config.cost_mode == "padded",
-            runtime=model.predict(next_load),
+            runtime=runtime,
+            lead=lead,
+            confirmed=confirmed,
         )
 
     def wake(self) -> None:
@@ -256,6 +319,9 @@ class Scheduler(Generic[In, Out]):
                 if limbo:
                     due = min(due, min(item.deadline for item in limbo))
                 self._waiting_for_slot = recorder.in_flight >= limit
+                # Measure how late the timer fires (one clock read before and one after a
+                # timed wait; none when there is no timer).
+                armed = scope._clock() if due != math.inf else math.inf
                 try:
                     if draining:
                         with anyio.CancelScope(deadline=due) as wait_scope:
@@ -277,6 +343,10 @@ class Scheduler(Generic[In, Out]):
                     self._wait_scope = None
                     self._receiving = self._poked = self._waiting_for_slot = False
                 self.wakeups += 1
+                if armed < due:
+                    late = scope._clock() - due
+                    if late >= 0.0:
+                        self.lateness = max(late, self.lateness * LATENESS_DECAY)
                 if limbo:
                     self._revive(limbo)
 
@@ -330,8 +400,11 @@ class Scheduler(Generic[In, Out]):
         A caller is given until its deadline, and then one more scheduler pass for its
         cancellation to arrive; still waiting after that, its deadline must have moved
         (or been shielded), so its item runs after all, with no deadline: nobody hangs.
+        An item set aside for the estimate goes back, deadline and all, as soon as the
+        confirmed run time of a full batch leaves it time (a faster batch ran since).
         """
         now = self._scope._clock()
+        confirmed: float | None = None
         for item, seen_passed in list(limbo.items()):
             if item.state != EXPIRED:
                 del limbo[item]  # withdrawn by its caller, as expected
@@ -342,6 +415,14 @@ class Scheduler(Generic[In, Out]):
                     self.pool.add(item)
                 else:
                     limbo[item] = True
+            else:
+                if confirmed is None:
+                    pool = self.pool
+                    mean_cost = pool.pending_cost / pool.live if pool.live else item.cost
+                    confirmed = self.model.confirmed(self._full_load(mean_cost))
+                if item.deadline >= now + confirmed:
+                    del limbo[item]
+                    self.pool.add(item)
 
     def _dispatch(
         self,
