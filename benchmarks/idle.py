@@ -11,7 +11,7 @@ counts:
   batcher open) measures exactly that in the same run, and ``net_wakeups_per_s`` is the
   difference. uvloop's loop cannot be hooked from Python: only the library's own count.
 * ``scheduler_wakeups_per_s`` — batchscope only: its scheduler's own counter
-  (``scope._scheduler.wakeups``).
+  (``statistics().scheduler_wakeups``).
 
 The target is 0 for batchscope (``batched`` polls ≈ 200 times a second).
 """
@@ -77,7 +77,6 @@ class _Counter:
 async def measure(impl: Impl | None, backend: str, seconds: float) -> dict[str, float | None]:
     """Wake-ups per second while *impl* (None: nothing) sits open and idle."""
     counter = _Counter()
-    scheduler = None
     if impl is None:
         await anyio.sleep(0.05)
         return await _watch(counter, backend, seconds, None)
@@ -85,20 +84,23 @@ async def measure(impl: Impl | None, backend: str, seconds: float) -> dict[str, 
         await submit(0)
         await anyio.sleep(0.05)
         scope = getattr(submit, "__self__", None)
-        scheduler = getattr(scope, "_scheduler", None)
-        return await _watch(counter, backend, seconds, scheduler)
+        statistics = getattr(scope, "statistics", None)  # batchscope's, public
+        return await _watch(counter, backend, seconds, statistics)
 
 
 async def _watch(
-    counter: _Counter, backend: str, seconds: float, scheduler: Any
+    counter: _Counter, backend: str, seconds: float, statistics: Any
 ) -> dict[str, float | None]:
-    before = scheduler.wakeups if scheduler is not None else 0
+    def wakeups() -> int:
+        return int(statistics().scheduler_wakeups)
+
+    before = wakeups() if statistics is not None else 0
     observed = counter.install(backend)
     try:
         await anyio.sleep(seconds)
     finally:
         counter.remove()
-    own = (scheduler.wakeups - before) / seconds if scheduler is not None else None
+    own = (wakeups() - before) / seconds if statistics is not None else None
     return {
         "loop_wakeups_per_s": counter.count / seconds if observed else None,
         "scheduler_wakeups_per_s": own,

@@ -11,17 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchscope._bucketing import AGING_FACTOR, LengthPool, bucket_of
-from batchscope._pending import (
-    POOLED,
-    RUNNING,
-    WITHDRAWN,
-    CallbackItem,
-    FifoPool,
-    Item,
-    Limits,
-    Pool,
-    PriorityPool,
-)
+from batchscope._items import POOLED, RUNNING, WITHDRAWN, CallbackItem, Item
+from batchscope._pending import FifoPool, Limits, Pool, PriorityPool
 
 
 def make_item(

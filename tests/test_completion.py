@@ -57,7 +57,7 @@ async def test_anyio_private_backend_lookup_is_found() -> None:
 async def test_the_running_loop_picks_its_own_completion(anyio_backend_name: str) -> None:
     async with bs.BatchScope(FakeBatchFunction[int, int]()) as scope:
         assert await scope.submit(1) == 1
-        kind = scope._item_type
+        kind = scope._engine.item_type
     if anyio_backend_name == "asyncio":
         assert kind is FutureItem
     else:

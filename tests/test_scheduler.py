@@ -84,11 +84,11 @@ async def test_arrivals_while_every_slot_is_busy_do_not_wake_the_scheduler() -> 
     ):
         tg.start_soon(scope.submit, 0)
         await anyio.sleep(0.5)  # batch [0] is running now
-        before = scope._scheduler.wakeups
+        before = scope.statistics().scheduler_wakeups
         for i in range(1, 51):
             tg.start_soon(scope.submit, i)
             await anyio.sleep(0.001)
-        during = scope._scheduler.wakeups - before
+        during = scope.statistics().scheduler_wakeups - before
     assert during == 0
     assert [len(batch) for batch in fake.batches] == [1, 50]
 
@@ -139,9 +139,9 @@ async def test_idle_scope_wakes_nobody() -> None:
     async with bs.BatchScope(fake, max_wait=0.005) as scope:
         await scope.submit(1)
         await anyio.sleep(0.1)
-        before = scope._scheduler.wakeups
+        before = scope.statistics().scheduler_wakeups
         await anyio.sleep(3600)
-        assert scope._scheduler.wakeups == before
+        assert scope.statistics().scheduler_wakeups == before
 
 
 async def test_drain_on_exit_sends_pending_items_at_once() -> None:
@@ -297,13 +297,13 @@ async def test_after_one_slow_batch_the_estimate_decays() -> None:
 
     async with bs.BatchScope(fn, max_wait=0.010) as scope:
         assert await scope.submit(0) == 0  # the cold start: 600 ms
-        assert scope._scheduler.model.confirmed(1.0) == 0.0  # nothing confirms it
+        assert scope._engine.scheduler.model.confirmed(1.0) == 0.0  # nothing confirms it
         async with anyio.create_task_group() as tg:
             tg.start_soon(scope.submit, 1)
             await anyio.sleep(0.001)
             with anyio.fail_after(0.3):
                 assert await scope.submit(2) == 2
-        model = scope._scheduler.model
+        model = scope._engine.scheduler.model
         assert model.confirmed(2.0) == pytest.approx(0.001)
         assert model.predict(2.0) > 0.1  # the fit still remembers the cold start
         with anyio.fail_after(0.3):

@@ -3,6 +3,22 @@ batchscope: dynamic batching on structured concurrency, for asyncio and Trio ali
 
 Many concurrent callers each ``await scope.submit(x)``; batchscope groups their items
 into batches, calls one batch function per batch, and hands every caller its own result.
+
+The private modules are layers along that data flow; each imports only its own layer or
+lower ones (``tests/test_layers.py`` holds them to it):
+
+1. values: options (``_config``, ``_durations``, ``_resilience``), exceptions, hook
+   events, counters (``_statistics``), the queue bound (``_room``);
+2. items: the per-item record and its states (``_items``), how a caller parks
+   (``_completion``, ``_trio``);
+3. pools and policies: FIFO and priority (``_pending``), length buckets (``_bucketing``);
+4. the engine: the state the parts share and the admission protocol (``_engine``), the
+   scheduler, the executor, the cache front, ``submit_many``/``map``;
+5. the façade: ``BatchScope`` (``_scope``: lifetime and the documented API), the
+   decorator, the blocking scope, this module's re-exports.
+
+Beside them, on the public surface only: ``arrays`` (collators), ``ray``, ``metrics``,
+``testing`` and the demo (``_demo``, ``__main__``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from ._pending import POOLED, Item, Limits, PoolBase, Release
+from ._items import POOLED, Item
+from ._pending import Limits, PoolBase, Release
 
 __all__ = ["AGING_FACTOR", "BUCKETS_PER_DOUBLING", "LengthPool", "bucket_of"]
 

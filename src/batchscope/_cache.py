@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar, cast, 
 import anyio
 import anyio.lowlevel
 
-from ._pending import (
+from ._engine import ScopeState
+from ._items import (
     ABANDONED,
     DONE,
     EXPIRED,
@@ -31,7 +32,7 @@ from ._pending import (
 )
 
 if TYPE_CHECKING:
-    from ._scope import BatchScope
+    from ._engine import Engine
 
 __all__ = ["MISSING", "AsyncCache", "CacheAdapter", "CacheFront", "Missing", "namespaced"]
 
@@ -200,9 +201,9 @@ class CacheFront(Generic[In, Out]):
     """
 
     def __init__(
-        self, scope: BatchScope[In, Out], cache: object, key: Callable[[In], Hashable] | None
+        self, engine: Engine[In, Out], cache: object, key: Callable[[In], Hashable] | None
     ) -> None:
-        self._scope = scope
+        self._engine = engine
         self._cache = None if cache is None else CacheAdapter(cache)
         self._key_fn = key
         #: Leaders of in-flight deduplicated keys.
@@ -231,7 +232,7 @@ class CacheFront(Generic[In, Out]):
         if leader is None:
             return None
         state = leader.state
-        if state == ABANDONED and self._scope._executor.will_end(leader):
+        if state == ABANDONED and self._engine.executor.will_end(leader):
             leader.state = RUNNING
             leader.waiters = 0
             leader.batch.live += 1
@@ -259,8 +260,8 @@ class CacheFront(Generic[In, Out]):
         leader = self.leader(key)
         if leader is None:
             return None
-        scope = self._scope
-        recorder = scope._recorder
+        engine = self._engine
+        recorder = engine.recorder
         recorder.deduplicated += 1
         leader.waiters += 1
         if leader.state == RUNNING:
@@ -269,8 +270,8 @@ class CacheFront(Generic[In, Out]):
             recorder.pending += 1
         if deadline > leader.deadline:
             leader.deadline = deadline
-            scope._scheduler.revive_now(leader)
-        follower = CallbackItem[In, Out](value, 0, 0.0, scope._clock(), deadline, index, callback)
+            engine.scheduler.revive_now(leader)
+        follower = CallbackItem[In, Out](value, 0, 0.0, engine.clock(), deadline, index, callback)
         leader.lead(follower)
         return follower
 
@@ -286,7 +287,7 @@ class CacheFront(Generic[In, Out]):
                 try:
                     await cache.set(key, item.result)
                 except Exception:
-                    self._scope._log.log(
+                    self._engine.log.log(
                         logging.ERROR,
                         "cache-set",
                         "batchscope: storing a result in the cache failed",
@@ -328,7 +329,7 @@ class CacheFront(Generic[In, Out]):
         cache = self._cache
         if cache is None:
             return key, MISSING
-        recorder = self._scope._recorder
+        recorder = self._engine.recorder
         if not cache.is_async:
             hit = cache.get_nowait(key)
         else:
@@ -345,15 +346,15 @@ class CacheFront(Generic[In, Out]):
 
     async def submit(self, item: In, priority: float) -> Out:
         """``submit()`` through the cache and in-flight deduplication."""
-        scope = self._scope
-        if scope._state != "open":
-            raise scope._closed_now()
-        recorder = scope._recorder
+        engine = self._engine
+        if engine.state is not ScopeState.OPEN:
+            raise engine.closed_now()
+        recorder = engine.recorder
         recorder.submitted += 1
         try:
             key, hit = await self.lookup(item)
         except Exception:
-            scope._reject("bad_key")
+            engine.reject("bad_key")
             raise
         except BaseException:
             recorder.cancelled += 1  # cancelled during an async cache look-up
@@ -367,7 +368,7 @@ class CacheFront(Generic[In, Out]):
                 recorder.cancelled += 1
                 raise
             return cast(Out, hit)
-        deadline = scope._deadline()
+        deadline = engine.deadline()
         leader = self.leader(key)
         if leader is not None:
             # Someone is computing this key already: wait for the same item.
@@ -380,15 +381,15 @@ class CacheFront(Generic[In, Out]):
             if deadline > leader.deadline:
                 leader.deadline = deadline
                 # Set aside for the first caller's deadline? This one can wait longer.
-                scope._scheduler.revive_now(leader)
+                engine.scheduler.revive_now(leader)
             # A follower parks on an event of its own, whatever kind of item leads.
-            return await scope._wait(cast("WaitedItem[In, Out]", leader), follower=True)
-        cost = await scope._admit(item, count=False)
-        waited = scope._item_type(
-            item, priority, cost, scope._clock(), deadline, scope._new_signal()
+            return await engine.wait(cast("WaitedItem[In, Out]", leader), follower=True)
+        cost = await engine.admit(item, count=False)
+        waited = engine.item_type(
+            item, priority, cost, engine.clock(), deadline, engine.new_signal()
         )
         waited.key = key
         if self._key_fn is not None:
             self._inflight[key] = waited
-        scope._queue(waited)
-        return await scope._wait(waited)
+        engine.queue(waited)
+        return await engine.wait(waited)

@@ -15,7 +15,7 @@ gives the same guarantee (woken exactly once, cancellable, a checkpoint):
 * Anything else: one ``anyio.Event`` per item.
 
 The scheduler and the executor never see the difference: they end items through
-``Item._notify``, and every clock and deadline they read is AnyIO's.
+``Item.notify``, and every clock and deadline they read is AnyIO's.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._pending import WaitedItem
+from ._items import WaitedItem
 
 __all__ = ["EventItem", "FutureItem", "LoopCalls", "loop_calls"]
 
@@ -50,7 +50,7 @@ class FutureItem(WaitedItem[In, Out]):
         if not future.done():  # done: cancelled, its caller gone
             future.set_result(None)
 
-    def _notify(self) -> None:  # _wake() inline, then the followers (the per-item path)
+    def notify(self) -> None:  # _wake() inline, then the followers (the per-item path)
         future = self.signal
         if not future.done():
             future.set_result(None)

@@ -328,7 +328,8 @@ class BatchedMethod(Generic[T, In, Out]):
         _copy_metadata(self, fn)
         self._fn = fn
         self._options = options
-        self._bound: dict[int, BatchedFunction[In, Out]] = {}
+        #: Per live instance (by id): a weak reference to it and its batched function.
+        self._bound: dict[int, tuple[weakref.ref[Any], BatchedFunction[In, Out]]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -348,12 +349,12 @@ class BatchedMethod(Generic[T, In, Out]):
         if instance is None:
             return self
         key = id(instance)
-        bound = self._bound.get(key)
-        if bound is not None and bound._instance is not None and bound._instance() is instance:
-            return bound
+        entry = self._bound.get(key)
+        if entry is not None and entry[0]() is instance:
+            return entry[1]
         with self._lock:
-            bound = self._bound.get(key)
-            if bound is None or bound._instance is None or bound._instance() is not instance:
+            entry = self._bound.get(key)
+            if entry is None or entry[0]() is not instance:
                 try:
                     ref = weakref.ref(instance)
                 except TypeError:
@@ -367,11 +368,11 @@ class BatchedMethod(Generic[T, In, Out]):
                     # One cache for the method, but entries of their own per instance:
                     # instances compute differently, so never answer one with another's.
                     options = {**options, "cache": namespaced(options["cache"], object())}
-                bound = BatchedFunction[In, Out](self._fn, options, instance=ref)
-                self._bound[key] = bound
+                entry = (ref, BatchedFunction[In, Out](self._fn, options, instance=ref))
+                self._bound[key] = entry
                 # Runs while the instance is being freed, before its id can be reused.
                 weakref.finalize(instance, self._bound.pop, key, None).atexit = False
-            return bound
+            return entry[1]
 
 
 _AsyncFn = Callable[[list[In]], Awaitable[Sequence[Out | Exception]]]

@@ -28,10 +28,10 @@ import anyio.to_thread
 
 from ._exceptions import BatchSizeMismatchError, CircuitOpenError
 from ._hooks import BatchFinished, BatchStarted, Outcome
-from ._pending import ABANDONED, DONE, RUNNING, Item
+from ._items import ABANDONED, DONE, RUNNING, Item
 
 if TYPE_CHECKING:
-    from ._scope import BatchScope
+    from ._engine import Engine
 
 __all__ = ["Batch", "BatchFunction", "Collator", "Executor", "is_async_callable"]
 
@@ -166,15 +166,15 @@ class Executor(Generic[In, Out]):
 
     def __init__(
         self,
-        scope: BatchScope[In, Out],
+        engine: Engine[In, Out],
         fn: BatchFunction[In, Out] | Callable[[Any], Any],
         collator: Collator[In, Out] | None,
     ) -> None:
-        self._scope = scope
+        self._engine = engine
         self._fn = fn
         self._collator = collator
         self._is_async = is_async_callable(fn)
-        self._limiter = anyio.CapacityLimiter(scope.config.max_concurrent_batches)
+        self._limiter = anyio.CapacityLimiter(engine.config.max_concurrent_batches)
         #: Batches running now (for failing their items if the scope breaks).
         self.running: set[Batch[In, Out]] = set()
 
@@ -245,10 +245,10 @@ class Executor(Generic[In, Out]):
         return result
 
     async def _run(self, batch: Batch[In, Out]) -> None:
-        scope = self._scope
-        recorder = scope._recorder
+        engine = self._engine
+        recorder = engine.recorder
         items = batch.items
-        clock = scope._clock
+        clock = engine.clock
         started = clock()
         try:
             with anyio.CancelScope() as cancel_scope:
@@ -262,8 +262,8 @@ class Executor(Generic[In, Out]):
             # The scope's task group is being cancelled, or fn raised a BaseException
             # (KeyboardInterrupt, SystemExit...): nobody may hang, so fail the items with
             # ScopeClosedError and let the exception propagate.
-            scope._note_crash(exc)
-            self.fail_all(items, scope._closed_error())
+            engine.note_crash(exc)
+            self.fail_all(items, engine.closed_error())
             raise
         finally:
             self.running.discard(batch)
@@ -274,15 +274,15 @@ class Executor(Generic[In, Out]):
             latencies = recorder.latencies
             for item in items:
                 latencies.append(ended - item.arrival)
-            scope._scheduler.slot_freed()
-            if batch.started is not None and scope._hooks is not None:
-                scope._hooks.call("batch_finished", _finished(batch, ended - started, ended))
-        if scope._front is not None:
-            await scope._front.settle(items)
+            engine.scheduler.slot_freed()
+            if batch.started is not None and engine.hooks is not None:
+                engine.hooks.call("batch_finished", _finished(batch, ended - started, ended))
+        if engine.front is not None:
+            await engine.front.settle(items)
 
     async def _execute(self, batch: Batch[In, Out]) -> None:
         """End every item of *batch*: through the breaker, retries and isolation."""
-        breaker = self._scope._breaker
+        breaker = self._engine.breaker
         if breaker is not None and not breaker.allow_batch():
             self.fail_all(
                 batch.items,
@@ -306,10 +306,10 @@ class Executor(Generic[In, Out]):
 
     async def _attempts(self, batch: Batch[In, Out]) -> bool:
         """Call fn, retrying per the Retry policy; True when the batch's last call raised."""
-        config = self._scope.config
+        config = self._engine.config
         retry = config.retry
         attempts = retry.attempts if retry is not None else 1
-        first_call = self._scope._clock()
+        first_call = self._engine.clock()
         items = batch.items
         for attempt in range(1, attempts + 1):
             live = [item for item in items if item.state == RUNNING]
@@ -320,15 +320,15 @@ class Executor(Generic[In, Out]):
             if retrying and retry is not None and retry.timeout is not None:
                 # No call may start after the timeout: retry only if the next one would
                 # begin within it.
-                retrying = self._scope._clock() + wait - first_call < retry.timeout
+                retrying = self._engine.clock() + wait - first_call < retry.timeout
             try:
                 results = await self._call_limited(live, batch if attempt == 1 else None)
             except Exception as exc:
                 if retrying and retry is not None and isinstance(exc, retry.on):
-                    self._scope._recorder.retries += 1
+                    self._engine.recorder.retries += 1
                     await anyio.sleep(wait)
                     continue
-                self._scope._log.log(
+                self._engine.log.log(
                     logging.WARNING,
                     f"fn-raised:{type(exc).__name__}",
                     "batchscope: the batch function raised %s for a batch of %s%s",
@@ -344,7 +344,7 @@ class Executor(Generic[In, Out]):
             again = self._route(live, results, retry.on if retrying and retry else None)
             if not again:
                 return False
-            self._scope._recorder.retries += 1
+            self._engine.recorder.retries += 1
             items = again
             await anyio.sleep(wait)
         return False
@@ -364,7 +364,7 @@ class Executor(Generic[In, Out]):
             live = [item for item in half if item.state == RUNNING]
             if not live:
                 continue
-            self._scope._recorder.isolation_calls += 1
+            self._engine.recorder.isolation_calls += 1
             try:
                 results = await self._call_limited(live, None)
             except Exception as exc:
@@ -374,14 +374,14 @@ class Executor(Generic[In, Out]):
 
     async def _call_limited(self, items: list[Item[In, Out]], timed: Batch[In, Out] | None) -> Any:
         """One call of fn on *items*: rate limits, then ``batch_timeout``; times *timed*."""
-        scope = self._scope
-        if scope._batch_bucket is not None:
-            await scope._batch_bucket.take(1)
-        if scope._cost_bucket is not None:
-            await scope._cost_bucket.take(sum(item.cost for item in items))
+        engine = self._engine
+        if engine.batch_bucket is not None:
+            await engine.batch_bucket.take(1)
+        if engine.cost_bucket is not None:
+            await engine.cost_bucket.take(sum(item.cost for item in items))
         values = [item.value for item in items]
-        timeout = scope.config.batch_timeout
-        clock = scope._clock
+        timeout = engine.config.batch_timeout
+        clock = engine.clock
         started = clock()
         batch: Batch[In, Out] = items[0].batch
         batch.calling = items
@@ -394,7 +394,7 @@ class Executor(Generic[In, Out]):
         finally:
             batch.calling = None  # routed right after, with no checkpoint between
         if timed is not None:
-            scope._scheduler.model.observe(timed.load, clock() - started)
+            engine.scheduler.model.observe(timed.load, clock() - started)
         return results
 
     def _route(
@@ -421,7 +421,7 @@ class Executor(Generic[In, Out]):
                 ),
             )
             return []
-        recorder = self._scope._recorder
+        recorder = self._engine.recorder
         completed = failed = 0
         again: list[Item[In, Out]] = []
         for item, result in zip(items, results, strict=True):
@@ -437,7 +437,7 @@ class Executor(Generic[In, Out]):
                 # item.succeed(result), inline (once per item).
                 item.result = result
                 item.state = DONE
-                item._notify()
+                item.notify()
                 completed += item.waiters
         recorder.completed += completed
         recorder.failed += failed
@@ -450,7 +450,7 @@ class Executor(Generic[In, Out]):
             if item.state == RUNNING:
                 item.fail(error)
                 failed += item.waiters
-        recorder = self._scope._recorder
+        recorder = self._engine.recorder
         recorder.failed += failed
         recorder.running -= failed
 

@@ -19,12 +19,13 @@ import anyio.lowlevel
 from anyio import WouldBlock
 
 from ._cache import MISSING
+from ._engine import ScopeState
 from ._exceptions import BatchScopeError, ScopeClosedError
-from ._pending import NO_KEY, CallbackItem
+from ._items import NO_KEY, CallbackItem
 from ._progress import ProgressBar
 
 if TYPE_CHECKING:
-    from ._scope import BatchScope
+    from ._engine import Engine
 
 __all__ = ["MapIterator", "gather"]
 
@@ -33,7 +34,7 @@ Out = TypeVar("Out")
 
 
 async def _enqueue(
-    scope: BatchScope[In, Out],
+    engine: Engine[In, Out],
     value: In,
     index: int,
     deadline: float,
@@ -48,50 +49,50 @@ async def _enqueue(
     Either way *callback* hears of its end like any other item's.
     """
     key = NO_KEY
-    front = scope._front
+    front = engine.front
     counted = False
     try:
         if front is not None:
-            if scope._state != "open":
-                raise scope._closed_now()
+            if engine.state is not ScopeState.OPEN:
+                raise engine.closed_now()
             # Counted before the look-up, which may wait (``admitting``), as in submit.
-            scope._recorder.submitted += 1
+            engine.recorder.submitted += 1
             counted = True
             try:
                 key, hit = await front.lookup(value)
             except Exception as exc:  # the key function, the key, the cache's get
-                scope._reject("bad_key")
+                engine.reject("bad_key")
                 item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, callback)
                 item.waiters = 0  # refused: counted as rejected, never as an outcome
                 item.fail(exc)
                 return item
             except BaseException:
-                scope._recorder.cancelled += 1  # cancelled during an async cache look-up
+                engine.recorder.cancelled += 1  # cancelled during an async cache look-up
                 raise
             if hit is not MISSING:
-                scope._recorder.completed += 1
+                engine.recorder.completed += 1
                 item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, callback)
                 item.succeed(hit)
                 return item
             follower = front.follow(value, key, index, deadline, callback)
             if follower is not None:
                 return follower
-        cost = await scope._admit(value, count=not counted)
+        cost = await engine.admit(value, count=not counted)
     except (BatchScopeError, ValueError, TypeError) as exc:
         item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, callback)
         item.waiters = 0  # refused: counted as rejected (or not at all), never as an outcome
         item.fail(exc)
         return item
-    item = CallbackItem(value, 0, cost, scope._clock(), deadline, index, callback)
+    item = CallbackItem(value, 0, cost, engine.clock(), deadline, index, callback)
     item.key = key
     if front is not None:
         front.register(item)
-    scope._queue(item)
+    engine.queue(item)
     return item
 
 
 async def gather(
-    scope: BatchScope[In, Out], items: Iterable[In], *, return_exceptions: bool
+    engine: Engine[In, Out], items: Iterable[In], *, return_exceptions: bool
 ) -> list[Out | BaseException]:
     """Queue every item, wait for all (or the first failure), return outcomes in order."""
     values = list(items)
@@ -111,9 +112,9 @@ async def gather(
             done.set()
 
     try:
-        deadline = scope._deadline()
+        deadline = engine.deadline()
         for index, value in enumerate(values):
-            submitted.append(await _enqueue(scope, value, index, deadline, on_done))
+            submitted.append(await _enqueue(engine, value, index, deadline, on_done))
             if first_failure and not return_exceptions:
                 break  # it will be raised: queue nothing more
         if remaining and not done.is_set():
@@ -122,7 +123,7 @@ async def gather(
             await anyio.lowlevel.checkpoint()
     except BaseException:
         for item in submitted:
-            scope._leave(item)
+            engine.leave(item)
         raise
 
     if first_failure and not return_exceptions:
@@ -131,7 +132,7 @@ async def gather(
             if item is not raised:
                 # Withdraw what is still queued, drop what runs; what ended is never
                 # handed out: all count as cancelled.
-                scope._leave(item)
+                engine.leave(item)
         raised.outcome()
     return [
         item.error if item.error is not None else item.result  # type: ignore[misc]
@@ -151,7 +152,7 @@ class MapIterator(Generic[In, Out]):
 
     def __init__(
         self,
-        scope: BatchScope[In, Out],
+        engine: Engine[In, Out],
         source: Iterable[In] | AsyncIterable[In],
         *,
         ordered: bool,
@@ -159,11 +160,11 @@ class MapIterator(Generic[In, Out]):
         window: int,
         progress: bool = False,
     ) -> None:
-        self._scope = scope
+        self._engine = engine
         self._progress: ProgressBar | None = None
         if progress:
             total = len(source) if isinstance(source, Sized) else None
-            self._progress = ProgressBar(total, f"batchscope map ({scope._fn_name})")
+            self._progress = ProgressBar(total, f"batchscope map ({engine.fn_name})")
         self._source = source
         self._ordered = ordered
         self._return_exceptions = return_exceptions
@@ -212,14 +213,14 @@ class MapIterator(Generic[In, Out]):
         except WouldBlock:
             await window.acquire()
         try:
-            item = await _enqueue(self._scope, value, index, deadline, self._on_done)
+            item = await _enqueue(self._engine, value, index, deadline, self._on_done)
         except BaseException:
             window.release()
             raise
         if self._closed:
             # The consumer closed the stream while this item was admitted: nobody will
             # take its result, so withdraw it (it counts as cancelled).
-            self._scope._leave(item)
+            self._engine.leave(item)
             return False
         self._outstanding[index] = item
         # A refused item is reported in its turn; a closed scope takes no more.
@@ -233,7 +234,7 @@ class MapIterator(Generic[In, Out]):
                 self._feeder_scope = feeder_scope
                 if self._stop_requested:
                     feeder_scope.cancel()
-                deadline = self._scope._deadline()
+                deadline = self._engine.deadline()
                 if isinstance(source, AsyncIterable):
                     async for value in source:
                         if not await self._put(value, count, deadline):
@@ -249,7 +250,7 @@ class MapIterator(Generic[In, Out]):
             if feeder_scope.cancelled_caught and not self._closed:
                 # The scope closed under a consumer that still reads: say so after the
                 # results of everything already queued.
-                self._feed_error = self._scope._closed_error()
+                self._feed_error = self._engine.closed_error()
         except Exception as exc:
             self._feed_error = exc  # the source raised; re-raised to the consumer
         finally:
@@ -257,13 +258,15 @@ class MapIterator(Generic[In, Out]):
             self._wake()
 
     def _start(self) -> None:
-        scope = self._scope
-        if scope._state != "open":
-            raise scope._closed_now()
+        engine = self._engine
+        if engine.state is not ScopeState.OPEN:
+            raise engine.closed_now()
         self._started = True
         self._window = anyio.Semaphore(self._window_size)
-        scope._maps.add(self)
-        scope._task_group.start_soon(self._feed, name=f"batchscope map feeder of {scope!r}")
+        engine.maps.add(self)
+        engine.task_group.start_soon(
+            self._feed, name=f"batchscope map feeder of {engine.describe()}"
+        )
 
     # -- consumer --------------------------------------------------------------------------
 
@@ -331,7 +334,7 @@ class MapIterator(Generic[In, Out]):
 
     def _finish(self) -> None:
         self._closed = True
-        self._scope._maps.discard(self)
+        self._engine.maps.discard(self)
         if self._progress is not None:
             self._progress.close()
             self._progress = None
@@ -340,9 +343,9 @@ class MapIterator(Generic[In, Out]):
         if self._closed:
             return
         self.stop_feeding()
-        scope = self._scope
+        engine = self._engine
         for item in self._outstanding.values():
-            scope._leave(item)
+            engine.leave(item)
         self._outstanding.clear()
         self._finish()
 

@@ -46,13 +46,14 @@ import anyio
 from anyio import EndOfStream, WouldBlock
 
 from ._hooks import BatchStarted
-from ._pending import EXPIRED, QUEUED, WITHDRAWN, Item, Limits, Pool, Release
+from ._items import EXPIRED, QUEUED, WITHDRAWN, Item
+from ._pending import Limits, Pool, Release
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+    from ._engine import Engine
     from ._executor import Executor
-    from ._scope import BatchScope
 
 __all__ = ["LATENESS_DECAY", "TIMER_SLACK", "RunTimeModel", "Scheduler"]
 
@@ -74,7 +75,7 @@ class _Poke(Item[Any, Any]):
         super().__init__(None, 0, 0.0, 0.0, math.inf, None)
         self.state = WITHDRAWN
 
-    def _notify(self) -> None:  # pragma: no cover - never live, never ended
+    def notify(self) -> None:  # pragma: no cover - never live, never ended
         raise AssertionError("the scheduler's poke is not an item")
 
 
@@ -184,13 +185,13 @@ class Scheduler(Generic[In, Out]):
 
     def __init__(
         self,
-        scope: BatchScope[In, Out],
+        engine: Engine[In, Out],
         send: MemoryObjectSendStream[Item[In, Out]],
         receive: MemoryObjectReceiveStream[Item[In, Out]],
         pool: Pool,
         executor: Executor[In, Out],
     ) -> None:
-        self._scope = scope
+        self._engine = engine
         self._receive = receive
         self.pool = pool
         self._executor = executor
@@ -200,8 +201,6 @@ class Scheduler(Generic[In, Out]):
         self._receiving = False
         self._poked = False
         self._waiting_for_slot = False
-        #: How many times the scheduler has woken up (an idle scope must not).
-        self.wakeups = 0
         #: Items set aside because their caller will give up before a batch could finish
         #: (see _pending), each with whether its deadline was already seen passed.
         self._limbo: dict[Item[In, Out], bool] = {}
@@ -211,13 +210,13 @@ class Scheduler(Generic[In, Out]):
 
     def _full_load(self, mean_cost: float) -> float:
         """The load of a full batch."""
-        config = self._scope.config
+        config = self._engine.config
         if config.cost is None:
             return float(config.max_batch_size)
         return config.max_batch_cost or config.max_batch_size * mean_cost
 
     def _limits(self) -> Limits:
-        config = self._scope.config
+        config = self._engine.config
         pool = self.pool
         model = self.model
         mean_cost = pool.pending_cost / pool.live if pool.live else 1.0
@@ -279,27 +278,27 @@ class Scheduler(Generic[In, Out]):
 
     async def run(self, task_group: anyio.abc.TaskGroup) -> None:
         """Schedule until the scope is closed and every pending item has been dispatched."""
-        scope = self._scope
+        engine = self._engine
         pool = self.pool
         receive = self._receive
-        recorder = scope._recorder
+        recorder = engine.recorder
         draining = False
         limbo = self._limbo
         with receive:
             while True:
-                if scope._failure is not None or task_group.cancel_scope.cancel_called:
+                if engine.failure is not None or task_group.cancel_scope.cancel_called:
                     # The scope is failing (a crash, or the body raised): dispatch nothing
                     # more, whatever woke us; our own cancellation is on its way.
                     await anyio.sleep_forever()
                 if not draining:
                     draining = self._pull()
-                limit = scope.config.max_concurrent_batches
-                if scope._breaker is not None and scope._breaker.half_open:
+                limit = engine.config.max_concurrent_batches
+                if engine.breaker is not None and engine.breaker.half_open:
                     limit = 1  # one trial batch at a time
                 # Only a pool with items needs limits (an empty one is never due).
                 limits = self._limits() if pool.live else None
                 if limits is not None and recorder.in_flight < limit:
-                    now = scope._clock()
+                    now = engine.clock()
                     while recorder.in_flight < limit:
                         taken = pool.take(now, limits, draining)
                         if pool.expired:
@@ -321,7 +320,7 @@ class Scheduler(Generic[In, Out]):
                 self._waiting_for_slot = recorder.in_flight >= limit
                 # Measure how late the timer fires (one clock read before and one after a
                 # timed wait; none when there is no timer).
-                armed = scope._clock() if due != math.inf else math.inf
+                armed = engine.clock() if due != math.inf else math.inf
                 try:
                     if draining:
                         with anyio.CancelScope(deadline=due) as wait_scope:
@@ -342,9 +341,9 @@ class Scheduler(Generic[In, Out]):
                 finally:
                     self._wait_scope = None
                     self._receiving = self._poked = self._waiting_for_slot = False
-                self.wakeups += 1
+                recorder.scheduler_wakeups += 1
                 if armed < due:
-                    late = scope._clock() - due
+                    late = engine.clock() - due
                     if late >= 0.0:
                         self.lateness = max(late, self.lateness * LATENESS_DECAY)
                 if limbo:
@@ -363,7 +362,7 @@ class Scheduler(Generic[In, Out]):
         """
         receive = self._receive
         pool = self.pool
-        config = self._scope.config
+        config = self._engine.config
         size = config.max_batch_size
         # With a cost, or a caller's deadline in the pool, the limits (and the run time
         # a deadline is judged against) move with every arrival.
@@ -403,7 +402,7 @@ class Scheduler(Generic[In, Out]):
         An item set aside for the estimate goes back, deadline and all, as soon as the
         confirmed run time of a full batch leaves it time (a faster batch ran since).
         """
-        now = self._scope._clock()
+        now = self._engine.clock()
         confirmed: float | None = None
         for item, seen_passed in list(limbo.items()):
             if item.state != EXPIRED:
@@ -431,10 +430,10 @@ class Scheduler(Generic[In, Out]):
         reason: Release,
         now: float,
     ) -> None:
-        scope = self._scope
-        recorder = scope._recorder
+        engine = self._engine
+        recorder = engine.recorder
         size = len(items)
-        callers = size if scope._front is None else sum(item.waiters for item in items)
+        callers = size if engine.front is None else sum(item.waiters for item in items)
         recorder.pending -= callers
         recorder.running += callers
         recorder.in_flight += 1
@@ -445,7 +444,7 @@ class Scheduler(Generic[In, Out]):
         waits = recorder.queue_waits
         real = 0.0
         highest = 0.0
-        config = scope.config
+        config = engine.config
         if config.cost is None:
             load = float(size)
             for item in items:
@@ -460,11 +459,11 @@ class Scheduler(Generic[In, Out]):
             load = size * highest if config.cost_mode == "padded" else real
             recorder.real_cost += real
             recorder.padded_cost += load
-        scope._room.release(size)
+        engine.room.release(size)
         started = None
-        if scope._hooks is not None:
+        if engine.hooks is not None:
             started = BatchStarted(size, load, reason, tuple(now - item.arrival for item in items))
-            scope._hooks.call("batch_started", started)
+            engine.hooks.call("batch_started", started)
         self._executor.start(task_group, items, load, started)
 
     def fail_waiting(self, error: BaseException) -> int:

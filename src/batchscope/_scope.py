@@ -37,36 +37,16 @@ from ._bucketing import LengthPool
 from ._cache import AsyncCache, CacheFront
 from ._completion import loop_calls
 from ._config import CostMode, OnFull, Oversize, Policy, ScopeConfig, check_int
-from ._exceptions import (
-    CircuitOpenError,
-    ItemTooLargeError,
-    NoActiveScopeError,
-    QueueFullError,
-    ScopeClosedError,
-)
+from ._engine import Engine, ScopeState
 from ._executor import BatchFunction, Collator, Executor, check_collator
-from ._hooks import HookRunner, Hooks, RateLimitedLog, RejectReason
+from ._hooks import HookRunner, Hooks, RateLimitedLog
+from ._items import Item, WaitedItem
 from ._map import MapIterator, gather
-from ._pending import (
-    ABANDONED,
-    DONE,
-    EXPIRED,
-    FOLLOWING,
-    POOLED,
-    QUEUED,
-    RUNNING,
-    WITHDRAWN,
-    CallbackItem,
-    FifoPool,
-    Item,
-    Pool,
-    PriorityPool,
-    WaitedItem,
-)
+from ._pending import FifoPool, Pool, PriorityPool
 from ._resilience import BreakerState, CircuitBreaker, RateLimit, Retry, TokenBucket
 from ._room import Room
 from ._scheduler import Scheduler
-from ._statistics import BatchStatistics, Recorder
+from ._statistics import BatchStatistics
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -77,8 +57,6 @@ logger = logging.getLogger("batchscope")
 
 In = TypeVar("In")
 Out = TypeVar("Out")
-
-_NEW, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
 
 
 def _hook_runner(hooks: object, log: RateLimitedLog) -> HookRunner | None:
@@ -280,7 +258,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             check_collator(collate)
         self._fn = fn
         self._collate = collate
-        self._config = ScopeConfig(
+        config = ScopeConfig(
             max_batch_size=max_batch_size,
             max_wait=max_wait,
             target_latency=target_latency,
@@ -301,71 +279,67 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             cache=cache,
             key=key,
         )
-        #: The cache and in-flight deduplication in front of the queue (None without).
-        self._front: CacheFront[In, Out] | None = None
+        fn_name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        log = RateLimitedLog()
+        #: The state the lower layers share, and the caller's side of every item.
+        self._engine: Engine[In, Out] = Engine(
+            config=config,
+            fn_name=fn_name,
+            hooks=_hook_runner(hooks, log),
+            log=log,
+            breaker=None if circuit_breaker is None else BreakerState(circuit_breaker),
+        )
         if cache is not None or key is not None:
-            self._front = CacheFront(self, cache, key)
-        self._breaker = None if circuit_breaker is None else BreakerState(circuit_breaker)
-        self._log = RateLimitedLog()
-        self._hooks = _hook_runner(hooks, self._log)
-        self._batch_bucket: TokenBucket | None = None
-        self._cost_bucket: TokenBucket | None = None
-        self._state = _NEW
-        self._recorder = Recorder()
-        self._failure: BaseException | None = None
-        self._maps: set[MapIterator[In, Out]] = set()
-        # Created when the scope opens: they belong to its event loop.
-        self._send: Any = None
-        self._clock: Callable[[], float] = anyio.current_time
-        self._deadline: Callable[[], float] = anyio.current_effective_deadline
-        self._item_type: type[WaitedItem[Any, Any]]
-        self._new_signal: Callable[[], object]
-        self._room: Room
-        self._task_group: TaskGroup
-        self._executor: Executor[In, Out]
-        self._scheduler: Scheduler[In, Out]
-
-    @property
-    def _fn_name(self) -> str:
-        return getattr(self._fn, "__qualname__", None) or type(self._fn).__qualname__
+            self._engine.front = CacheFront(self._engine, cache, key)
 
     def __repr__(self) -> str:
-        return f"<BatchScope {self._fn_name} {self._state}>"
+        return self._engine.describe()
 
     @property
     def config(self) -> ScopeConfig:
         """The options in force (a frozen :class:`ScopeConfig`)."""
-        return self._config
+        return self._engine.config
+
+    @property
+    def pending(self) -> int:
+        """
+        Items queued and not yet dispatched, now: ``statistics().pending`` without the
+        snapshot (a cheap gauge for exporters that scrape often).
+
+        .. versionadded:: 0.2.0
+        """
+        return self._engine.recorder.pending
 
     # -- lifetime ------------------------------------------------------------------------
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[BatchScope[In, Out], None]:
-        if self._state is not _NEW:
+        engine = self._engine
+        if engine.state is not ScopeState.NEW:
             raise RuntimeError("a BatchScope can be opened only once; create a new one")
         calls = loop_calls()
-        self._clock, self._deadline = calls.clock, calls.deadline
-        self._item_type, self._new_signal = calls.item_type, calls.new_signal
+        engine.clock, engine.deadline = calls.clock, calls.deadline
+        engine.item_type, engine.new_signal = calls.item_type, calls.new_signal
         send, receive = anyio.create_memory_object_stream[Item[In, Out]](math.inf)
-        self._send = send
-        self._room = Room(self._config.max_queue_size)
-        limit = self._config.rate_limit
+        engine.send = send
+        engine.room = Room(engine.config.max_queue_size)
+        limit = engine.config.rate_limit
         if limit is not None and limit.batches_per_second is not None:
             rate = limit.batches_per_second
-            self._batch_bucket = TokenBucket(rate, max(1.0, rate))
+            engine.batch_bucket = TokenBucket(rate, max(1.0, rate))
         if limit is not None and limit.cost_per_minute is not None:
-            self._cost_bucket = TokenBucket(limit.cost_per_minute / 60, limit.cost_per_minute)
-        self._executor = Executor(self, self._fn, self._collate)
-        self._scheduler = Scheduler(self, send, receive, self._new_pool(), self._executor)
+            engine.cost_bucket = TokenBucket(limit.cost_per_minute / 60, limit.cost_per_minute)
+        engine.executor = Executor(engine, self._fn, self._collate)
+        engine.scheduler = Scheduler(engine, send, receive, self._new_pool(), engine.executor)
         try:
             async with anyio.create_task_group() as task_group:
-                self._task_group = task_group
+                engine.task_group = task_group
                 task_group.start_soon(
                     self._schedule, task_group, name=f"batchscope scheduler of {self!r}"
                 )
-                self._state = _OPEN
-                if self._hooks is not None:
-                    self._hooks.call("scope_opened", self)
+                engine.state = ScopeState.OPEN
+                if engine.hooks is not None:
+                    engine.hooks.call("scope_opened", self)
                 try:
                     yield self
                 except BaseException as exc:
@@ -379,25 +353,26 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 raise group.exceptions[0] from None
             raise
         finally:
-            self._state = _CLOSED
+            engine.state = ScopeState.CLOSED
             send.close()
-            if self._hooks is not None:
-                self._hooks.call("scope_closed", self)
+            if engine.hooks is not None:
+                engine.hooks.call("scope_closed", self)
 
     def _new_pool(self) -> Pool:
-        policy = self._config.policy
-        if policy == "length":
+        config = self._engine.config
+        if config.policy == "length":
             return LengthPool()
-        if policy == "priority":
-            return PriorityPool(self._config.aging)
+        if config.policy == "priority":
+            return PriorityPool(config.aging)
         return FifoPool()
 
     async def _schedule(self, task_group: TaskGroup) -> None:
+        engine = self._engine
         try:
-            await self._scheduler.run(task_group)
+            await engine.scheduler.run(task_group)
         except BaseException as exc:
-            self._note_crash(exc)
-            self._fail_waiting()
+            engine.note_crash(exc)
+            engine.fail_waiting()
             raise
 
     def close(self) -> None:
@@ -410,198 +385,31 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         .. versionadded:: 0.1.0
         """
-        if self._state is not _OPEN:
+        engine = self._engine
+        if engine.state is not ScopeState.OPEN:
             return
-        self._state = _CLOSING
-        self._send.close()
-        if self._room.waiting:
+        engine.state = ScopeState.CLOSING
+        engine.send.close()
+        if engine.room.waiting:
             # Wake the first waiter for room; it sees the scope closing and passes the
             # wake-up on, so every waiter gets ScopeClosedError.
-            self._room.release()
-        for iterator in list(self._maps):
+            engine.room.release()
+        for iterator in list(engine.maps):
             iterator.stop_feeding()
-
-    def _note_crash(self, exc: BaseException) -> None:
-        if self._failure is None and not isinstance(exc, anyio.get_cancelled_exc_class()):
-            self._failure = exc
-
-    def _closed_error(self) -> ScopeClosedError:
-        failure = self._failure
-        if failure is None:
-            return ScopeClosedError(f"{self!r} is closed: it takes no more items")
-        error = ScopeClosedError(f"{self!r} failed: {type(failure).__name__}: {failure}")
-        error.__cause__ = failure
-        return error
-
-    def _fail_waiting(self) -> None:
-        """End every queued or pooled item with ScopeClosedError."""
-        failed = self._scheduler.fail_waiting(self._closed_error())
-        self._recorder.failed += failed
-        self._recorder.pending -= failed
 
     def _abort(self, exc: BaseException) -> None:
         """The body failed or was cancelled: fail everything waiting, stop everything."""
-        self._note_crash(exc)
+        engine = self._engine
+        engine.note_crash(exc)
         self.close()
-        self._state = _CLOSING
-        self._fail_waiting()
-        error = self._closed_error()
-        for batch in list(self._executor.running):
-            self._executor.fail_all(batch.items, error)
-        self._task_group.cancel_scope.cancel()
+        engine.state = ScopeState.CLOSING
+        engine.fail_waiting()
+        error = engine.closed_error()
+        for batch in list(engine.executor.running):
+            engine.executor.fail_all(batch.items, error)
+        engine.task_group.cancel_scope.cancel()
 
     # -- the caller's side ---------------------------------------------------------------
-
-    def _closed_now(self) -> Exception:
-        if self._state is _NEW:
-            return NoActiveScopeError(
-                f"{self!r} is not open: use 'async with BatchScope(fn) as scope:' "
-                f"and submit inside the block"
-            )
-        return self._closed_error()
-
-    def _cost_of(self, value: In, cost_fn: Callable[[In], float]) -> float:
-        """The item's cost by *cost_fn*, checked; raises for this item."""
-        config = self._config
-        try:
-            cost: object = cost_fn(value)
-        except Exception as exc:
-            raise ValueError(
-                f"the 'cost' function raised {type(exc).__name__} for this item: {exc}"
-            ) from exc
-        if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
-            raise TypeError(f"the 'cost' function must return a number, got {type(cost).__name__}")
-        cost = float(cost)
-        if not math.isfinite(cost) or cost < 0:
-            raise ValueError(f"the 'cost' function must return a finite number >= 0, got {cost}")
-        limit = config.max_batch_cost
-        if limit is not None and cost > limit and config.oversize == "reject":
-            raise ItemTooLargeError(
-                f"this item costs {cost:g}, more than max_batch_cost={limit:g} (oversize='reject')"
-            )
-        return cost
-
-    def _price(self, value: In, count: bool) -> float:
-        """
-        Count a submit (if *count*) and price its item; raises if it cannot be queued.
-
-        Without *count* the caller has counted the submit already (before an async cache
-        look-up): a scope that closed meanwhile then counts it as rejected.
-        """
-        if self._state is not _OPEN:
-            if not count:
-                self._reject("closed")
-            raise self._closed_now()
-        if count:
-            self._recorder.submitted += 1
-        breaker = self._breaker
-        if breaker is not None and breaker.is_open():
-            self._reject("circuit_open")
-            raise CircuitOpenError(
-                f"the circuit breaker of {self!r} is open: recent batches failed"
-            )
-        cost_fn = self._config.cost
-        if cost_fn is None:
-            return 1.0
-        try:
-            return self._cost_of(value, cost_fn)
-        except ItemTooLargeError:
-            self._reject("too_large")
-            raise
-        except Exception:
-            self._reject("bad_cost")
-            raise
-
-    async def _admit(self, value: In, *, count: bool = True) -> float:
-        """Count a submit, price its item, take room for it in the queue; return the cost."""
-        cost = self._price(value, count)
-        if not self._room.take_nowait():
-            await self._wait_for_room()
-        return cost
-
-    async def _wait_for_room(self) -> None:
-        """The queue is full: reject, or wait for room (``on_full``)."""
-        if self._config.on_full == "reject":
-            self._reject("queue_full")
-            raise QueueFullError(
-                f"the queue of {self!r} holds max_queue_size="
-                f"{self._config.max_queue_size} pending items"
-            )
-        recorder = self._recorder
-        recorder.admitting += 1  # counted, not yet queued
-        try:
-            await self._room.take()
-        except BaseException:
-            recorder.admitting -= 1
-            recorder.cancelled += 1
-            if self._hooks is not None:
-                self._hooks.call("item_cancelled", False)
-            raise
-        recorder.admitting -= 1
-        if self._state is not _OPEN:
-            self._room.release()  # pass the wake-up on to the next waiter
-            self._reject("closed")
-            raise self._closed_now()
-
-    def _reject(self, reason: RejectReason) -> None:
-        self._recorder.rejected += 1
-        if self._hooks is not None:
-            self._hooks.call("item_rejected", reason)
-
-    def _queue(self, item: Item[In, Out]) -> None:
-        self._recorder.pending += 1
-        self._send.send_nowait(item)
-
-    def _leave(self, item: Item[In, Out]) -> None:
-        """
-        One caller of *item* is gone: withdraw the item or drop its result, once no
-        other caller (deduplicated onto it) still waits.
-
-        That caller counts as cancelled, even when the item has ended already (its outcome
-        arrived as the caller was cancelled): the count moves from completed or failed.
-        """
-        state = item.state
-        if state == FOLLOWING:
-            # An item of submit_many/map deduplicated onto another: its caller is one
-            # of the leader's.
-            item.state = WITHDRAWN
-            item = cast(CallbackItem[In, Out], item).leader  # type: ignore[assignment]
-            state = item.state
-        recorder = self._recorder
-        if self._hooks is not None and state in (QUEUED, POOLED, EXPIRED, RUNNING):
-            self._hooks.call("item_cancelled", state == RUNNING)
-        if state in (QUEUED, POOLED, EXPIRED):
-            recorder.pending -= 1
-            recorder.cancelled += 1
-            item.waiters -= 1
-            if item.waiters:
-                return
-            if state == POOLED:
-                self._scheduler.pool.discard(item)
-            item.state = WITHDRAWN
-            self._room.release()
-            if self._front is not None:
-                self._front.forget(item)
-        elif state == RUNNING:
-            recorder.running -= 1
-            recorder.cancelled += 1
-            item.waiters -= 1
-            if item.waiters:
-                return
-            item.state = ABANDONED  # still its key's leader: an identical submit rejoins it
-            batch = item.batch
-            batch.live -= 1
-            self._executor.cancel_if_abandoned(batch)
-        elif state == DONE and item.waiters:
-            # Its outcome arrived as its caller left: that caller saw a cancellation (or
-            # never got the outcome), so it counts as cancelled, whatever fn returned. An
-            # item refused before it was queued has no waiters: it stays rejected.
-            item.waiters -= 1
-            if item.error is None:
-                recorder.completed -= 1
-            else:
-                recorder.failed -= 1
-            recorder.cancelled += 1
 
     async def submit(self, item: In, *, priority: float = 0) -> Out:
         """
@@ -643,34 +451,19 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         .. versionadded:: 0.1.0
         """
         _check_priority(priority)
-        if self._front is not None:
-            return await self._front.submit(item, priority)
-        # _admit() inline, for the common case of room in the queue (the per-item path).
-        cost = self._price(item, True)
-        if not self._room.take_nowait():
-            await self._wait_for_room()
-        waited: WaitedItem[In, Out] = self._item_type(
-            item, priority, cost, self._clock(), self._deadline(), self._new_signal()
+        engine = self._engine
+        if engine.front is not None:
+            return await engine.front.submit(item, priority)
+        # engine.admit() inline, for the common case of room in the queue (the per-item
+        # path).
+        cost = engine.price(item, True)
+        if not engine.room.take_nowait():
+            await engine.wait_for_room()
+        waited: WaitedItem[In, Out] = engine.item_type(
+            item, priority, cost, engine.clock(), engine.deadline(), engine.new_signal()
         )
-        self._queue(waited)
-        return await self._wait(waited)
-
-    async def _wait(self, waited: WaitedItem[In, Out], *, follower: bool = False) -> Out:
-        """
-        Park until *waited* ends; a caller that leaves first withdraws or abandons it.
-
-        The caller that submitted *waited* parks on its completion; a *follower*
-        (deduplicated onto it) on an event of its own.
-        """
-        try:
-            if follower:
-                await waited.follow().wait()
-            else:
-                await waited.park()
-        except BaseException:
-            self._leave(waited)
-            raise
-        return waited.outcome()
+        engine.queue(waited)
+        return await engine.wait(waited)
 
     async def submit_many(
         self, items: Iterable[In], *, return_exceptions: bool = False
@@ -703,7 +496,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         .. versionadded:: 0.1.0
         """
-        return await gather(self, items, return_exceptions=return_exceptions)
+        return await gather(self._engine, items, return_exceptions=return_exceptions)
 
     def map(
         self,
@@ -744,11 +537,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         .. versionadded:: 0.1.0
         """
         if window is None:
-            window = 4 * self._config.max_batch_size * self._config.max_concurrent_batches
+            config = self._engine.config
+            window = 4 * config.max_batch_size * config.max_concurrent_batches
         else:
             check_int("window", window, minimum=1)
         return MapIterator(
-            self,
+            self._engine,
             items,
             ordered=ordered,
             return_exceptions=return_exceptions,
@@ -764,7 +558,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         .. versionadded:: 0.1.0
         """
-        return self._recorder.snapshot()
+        return self._engine.recorder.snapshot()
 
     def configure(
         self,
@@ -799,7 +593,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             changes["target_latency"] = target_latency
         if max_concurrent_batches is not None:
             changes["max_concurrent_batches"] = max_concurrent_batches
-        self._config = attrs.evolve(self._config, **changes)
-        if self._state is _OPEN or self._state is _CLOSING:
-            self._executor.set_capacity(self._config.max_concurrent_batches)
-            self._scheduler.wake()
+        engine = self._engine
+        engine.config = attrs.evolve(engine.config, **changes)
+        if engine.state is ScopeState.OPEN or engine.state is ScopeState.CLOSING:
+            engine.executor.set_capacity(engine.config.max_concurrent_batches)
+            engine.scheduler.wake()

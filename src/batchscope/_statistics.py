@@ -113,6 +113,9 @@ class BatchStatistics:
     retries: int
     #: Extra calls of fn made to isolate failing items (``isolate_failures``).
     isolation_calls: int
+    #: Times the scheduler task woke up (an arrival, a timer, a freed slot); an idle
+    #: scope adds none.
+    scheduler_wakeups: int
 
 
 @attrs.define(eq=False)
@@ -139,6 +142,7 @@ class Recorder:
     deduplicated: int = 0
     retries: int = 0
     isolation_calls: int = 0
+    scheduler_wakeups: int = 0
     sizes: Counter[int] = attrs.Factory(Counter[int])
     reasons: dict[ReleaseReason, int] = attrs.Factory(lambda: dict.fromkeys(RELEASE_REASONS, 0))
     queue_waits: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
@@ -174,4 +178,5 @@ class Recorder:
             deduplicated=self.deduplicated,
             retries=self.retries,
             isolation_calls=self.isolation_calls,
+            scheduler_wakeups=self.scheduler_wakeups,
         )

@@ -24,7 +24,7 @@ from trio.lowlevel import (
 )
 from trio.lowlevel import checkpoint as _checkpoint
 
-from ._pending import DONE, WaitedItem
+from ._items import DONE, WaitedItem
 
 __all__ = ["TaskItem", "current_time", "deadline", "is_trio_token"]
 

@@ -152,8 +152,8 @@ class PrometheusHooks(Hooks):
         return self._metrics[name].labels(scope=self.name, **labels)
 
     def scope_opened(self, scope: BatchScope[Any, Any]) -> None:
-        recorder = scope._recorder  # a plain counter: scrapes must stay cheap
-        self._m("pending").set_function(lambda: recorder.pending)
+        # scope.pending is a plain counter: scrapes stay cheap (no statistics snapshot).
+        self._m("pending").set_function(lambda: scope.pending)
 
     def scope_closed(self, scope: BatchScope[Any, Any]) -> None:
         self._m("pending").set_function(lambda: 0)
@@ -228,7 +228,7 @@ class OpenTelemetryHooks(Hooks):
         self._observation = metrics.Observation
 
     def _observe_pending(self, options: Any) -> list[Any]:
-        pending = sum(scope._recorder.pending for scope in self._scopes)
+        pending = sum(scope.pending for scope in self._scopes)
         return [self._observation(pending, self._attributes)]
 
     def _with(self, **extra: str) -> dict[str, str]:

@@ -1,0 +1,336 @@
+"""
+The engine: the state one scope's layers share, and the admission protocol.
+
+Like Trio's ``Runner`` and AnyIO's ``_MemoryObjectStreamState``, one private object with
+public member names holds what the scheduler, the executor, the cache front and ``map``
+work on: the options, the clock and deadline look-up of the running loop, the recorder,
+hooks, breaker and rate buckets, the room in the queue, the channel's send end, the
+running parts, the scope's state and its failure. :class:`BatchScope` owns the lifetime
+(it opens the task group, builds the parts, closes and aborts) and delegates the rest
+here; no module below it imports it.
+
+The admission protocol is the caller's side of every item, whatever the entry point
+(``submit``, ``submit_many``, ``map``, the cache front): :meth:`Engine.price` (count the
+call, check the breaker, price the item), :meth:`Engine.admit` (take room in the queue,
+or wait for it, or reject), :meth:`Engine.queue`, :meth:`Engine.wait` (park until the
+item ends) and :meth:`Engine.leave` (a caller gone: withdraw or abandon its item).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import numbers
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+import anyio
+import attrs
+
+from ._config import ScopeConfig
+from ._exceptions import (
+    CircuitOpenError,
+    ItemTooLargeError,
+    NoActiveScopeError,
+    QueueFullError,
+    ScopeClosedError,
+)
+from ._hooks import HookRunner, RateLimitedLog, RejectReason
+from ._items import (
+    ABANDONED,
+    DONE,
+    EXPIRED,
+    FOLLOWING,
+    POOLED,
+    QUEUED,
+    RUNNING,
+    WITHDRAWN,
+    CallbackItem,
+    Item,
+    WaitedItem,
+)
+from ._resilience import BreakerState, TokenBucket
+from ._room import Room
+from ._statistics import Recorder
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+    from anyio.streams.memory import MemoryObjectSendStream
+
+    from ._cache import CacheFront
+    from ._executor import Executor
+    from ._map import MapIterator
+    from ._scheduler import Scheduler
+
+__all__ = ["Engine", "ScopeState"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class ScopeState(enum.Enum):
+    """Where a scope is in its life; it only moves forward."""
+
+    #: Constructed, not yet opened.
+    NEW = "new"
+    #: Open: takes items.
+    OPEN = "open"
+    #: Closed to new items (``close()``, the block ending, or a failure); pending items
+    #: still run (or, after a failure, fail).
+    CLOSING = "closing"
+    #: The ``async with`` block has exited.
+    CLOSED = "closed"
+
+
+def _no_maps() -> set[Any]:
+    return set()
+
+
+def _unopened_clock() -> float:
+    return anyio.current_time()
+
+
+@attrs.define(eq=False)
+class Engine(Generic[In, Out]):
+    """
+    One scope's shared state and the caller's side of every item.
+
+    Built by :class:`BatchScope` when it is constructed; the parts that belong to an
+    event loop (clock, channel, room, scheduler, executor, task group) are set when it
+    opens.
+    """
+
+    #: The options in force (replaced whole by ``configure()``).
+    config: ScopeConfig
+    #: The batch function's name, for messages.
+    fn_name: str
+    #: Hooks to call, or None (then nothing is built for them).
+    hooks: HookRunner | None
+    #: Rate-limited logging of repeated warnings.
+    log: RateLimitedLog
+    #: The circuit breaker's state, or None.
+    breaker: BreakerState | None = None
+    #: The cache and in-flight deduplication in front of the queue, or None.
+    front: CacheFront[In, Out] | None = None
+    #: Token buckets of ``rate_limit`` (set when the scope opens), or None.
+    batch_bucket: TokenBucket | None = None
+    cost_bucket: TokenBucket | None = None
+    #: The live counters.
+    recorder: Recorder = attrs.Factory(Recorder)
+    state: ScopeState = ScopeState.NEW
+    #: What broke the scope (a crash, or the body's exception), or None.
+    failure: BaseException | None = None
+    #: Open ``map`` iterators (stopped when the scope closes).
+    maps: set[MapIterator[In, Out]] = attrs.field(init=False, factory=_no_maps)
+    # -- set when the scope opens: they belong to its event loop ---------------------------
+    #: The loop's clock.
+    clock: Callable[[], float] = _unopened_clock
+    #: The calling task's effective deadline.
+    deadline: Callable[[], float] = anyio.current_effective_deadline
+    #: The kind of item ``submit`` makes, and how its completion is made.
+    item_type: type[WaitedItem[Any, Any]] = attrs.field(init=False)
+    new_signal: Callable[[], object] = attrs.field(init=False)
+    #: ``max_queue_size`` places.
+    room: Room = attrs.field(init=False)
+    #: The channel's send end (the scheduler holds the receive end).
+    send: MemoryObjectSendStream[Item[In, Out]] = attrs.field(init=False)
+    scheduler: Scheduler[In, Out] = attrs.field(init=False)
+    executor: Executor[In, Out] = attrs.field(init=False)
+    task_group: TaskGroup = attrs.field(init=False)
+
+    def describe(self) -> str:
+        """How messages name the scope: ``<BatchScope fn state>``."""
+        return f"<BatchScope {self.fn_name} {self.state.value}>"
+
+    # -- failure ---------------------------------------------------------------------------
+
+    def note_crash(self, exc: BaseException) -> None:
+        """Remember the first failure that is not a cancellation."""
+        if self.failure is None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+            self.failure = exc
+
+    def closed_error(self) -> ScopeClosedError:
+        """The error for callers of a closed (or failed) scope."""
+        failure = self.failure
+        if failure is None:
+            return ScopeClosedError(f"{self.describe()} is closed: it takes no more items")
+        error = ScopeClosedError(f"{self.describe()} failed: {type(failure).__name__}: {failure}")
+        error.__cause__ = failure
+        return error
+
+    def fail_waiting(self) -> None:
+        """End every queued or pooled item with ScopeClosedError."""
+        failed = self.scheduler.fail_waiting(self.closed_error())
+        self.recorder.failed += failed
+        self.recorder.pending -= failed
+
+    def closed_now(self) -> Exception:
+        """The error for a submit that finds the scope not open (or never opened)."""
+        if self.state is ScopeState.NEW:
+            return NoActiveScopeError(
+                f"{self.describe()} is not open: use 'async with BatchScope(fn) as scope:' "
+                f"and submit inside the block"
+            )
+        return self.closed_error()
+
+    def cost_of(self, value: In, cost_fn: Callable[[In], float]) -> float:
+        """The item's cost by *cost_fn*, checked; raises for this item."""
+        config = self.config
+        try:
+            cost: object = cost_fn(value)
+        except Exception as exc:
+            raise ValueError(
+                f"the 'cost' function raised {type(exc).__name__} for this item: {exc}"
+            ) from exc
+        if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
+            raise TypeError(f"the 'cost' function must return a number, got {type(cost).__name__}")
+        cost = float(cost)
+        if not math.isfinite(cost) or cost < 0:
+            raise ValueError(f"the 'cost' function must return a finite number >= 0, got {cost}")
+        limit = config.max_batch_cost
+        if limit is not None and cost > limit and config.oversize == "reject":
+            raise ItemTooLargeError(
+                f"this item costs {cost:g}, more than max_batch_cost={limit:g} (oversize='reject')"
+            )
+        return cost
+
+    def price(self, value: In, count: bool) -> float:
+        """
+        Count a submit (if *count*) and price its item; raises if it cannot be queued.
+
+        Without *count* the caller has counted the submit already (before an async cache
+        look-up): a scope that closed meanwhile then counts it as rejected.
+        """
+        if self.state is not ScopeState.OPEN:
+            if not count:
+                self.reject("closed")
+            raise self.closed_now()
+        if count:
+            self.recorder.submitted += 1
+        breaker = self.breaker
+        if breaker is not None and breaker.is_open():
+            self.reject("circuit_open")
+            raise CircuitOpenError(
+                f"the circuit breaker of {self.describe()} is open: recent batches failed"
+            )
+        cost_fn = self.config.cost
+        if cost_fn is None:
+            return 1.0
+        try:
+            return self.cost_of(value, cost_fn)
+        except ItemTooLargeError:
+            self.reject("too_large")
+            raise
+        except Exception:
+            self.reject("bad_cost")
+            raise
+
+    async def admit(self, value: In, *, count: bool = True) -> float:
+        """Count a submit, price its item, take room for it in the queue; return the cost."""
+        cost = self.price(value, count)
+        if not self.room.take_nowait():
+            await self.wait_for_room()
+        return cost
+
+    async def wait_for_room(self) -> None:
+        """The queue is full: reject, or wait for room (``on_full``)."""
+        if self.config.on_full == "reject":
+            self.reject("queue_full")
+            raise QueueFullError(
+                f"the queue of {self.describe()} holds max_queue_size="
+                f"{self.config.max_queue_size} pending items"
+            )
+        recorder = self.recorder
+        recorder.admitting += 1  # counted, not yet queued
+        try:
+            await self.room.take()
+        except BaseException:
+            recorder.admitting -= 1
+            recorder.cancelled += 1
+            if self.hooks is not None:
+                self.hooks.call("item_cancelled", False)
+            raise
+        recorder.admitting -= 1
+        if self.state is not ScopeState.OPEN:
+            self.room.release()  # pass the wake-up on to the next waiter
+            self.reject("closed")
+            raise self.closed_now()
+
+    def reject(self, reason: RejectReason) -> None:
+        """Count a refused submit and tell the hooks why."""
+        self.recorder.rejected += 1
+        if self.hooks is not None:
+            self.hooks.call("item_rejected", reason)
+
+    def queue(self, item: Item[In, Out]) -> None:
+        """Send an admitted item to the scheduler."""
+        self.recorder.pending += 1
+        self.send.send_nowait(item)
+
+    async def wait(self, waited: WaitedItem[In, Out], *, follower: bool = False) -> Out:
+        """
+        Park until *waited* ends; a caller that leaves first withdraws or abandons it.
+
+        The caller that submitted *waited* parks on its completion; a *follower*
+        (deduplicated onto it) on an event of its own.
+        """
+        try:
+            if follower:
+                await waited.follow().wait()
+            else:
+                await waited.park()
+        except BaseException:
+            self.leave(waited)
+            raise
+        return waited.outcome()
+
+    def leave(self, item: Item[In, Out]) -> None:
+        """
+        One caller of *item* is gone: withdraw the item or drop its result, once no
+        other caller (deduplicated onto it) still waits.
+
+        That caller counts as cancelled, even when the item has ended already (its outcome
+        arrived as the caller was cancelled): the count moves from completed or failed.
+        """
+        state = item.state
+        if state == FOLLOWING:
+            # An item of submit_many/map deduplicated onto another: its caller is one
+            # of the leader's.
+            item.state = WITHDRAWN
+            item = cast(CallbackItem[In, Out], item).leader  # type: ignore[assignment]
+            state = item.state
+        recorder = self.recorder
+        if self.hooks is not None and state in (QUEUED, POOLED, EXPIRED, RUNNING):
+            self.hooks.call("item_cancelled", state == RUNNING)
+        if state in (QUEUED, POOLED, EXPIRED):
+            recorder.pending -= 1
+            recorder.cancelled += 1
+            item.waiters -= 1
+            if item.waiters:
+                return
+            if state == POOLED:
+                self.scheduler.pool.discard(item)
+            item.state = WITHDRAWN
+            self.room.release()
+            if self.front is not None:
+                self.front.forget(item)
+        elif state == RUNNING:
+            recorder.running -= 1
+            recorder.cancelled += 1
+            item.waiters -= 1
+            if item.waiters:
+                return
+            item.state = ABANDONED  # still its key's leader: an identical submit rejoins it
+            batch = item.batch
+            batch.live -= 1
+            self.executor.cancel_if_abandoned(batch)
+        elif state == DONE and item.waiters:
+            # Its outcome arrived as its caller left: that caller saw a cancellation (or
+            # never got the outcome), so it counts as cancelled, whatever fn returned. An
+            # item refused before it was queued has no waiters: it stays rejected.
+            item.waiters -= 1
+            if item.error is None:
+                recorder.completed -= 1
+            else:
+                recorder.failed -= 1
+            recorder.cancelled += 1

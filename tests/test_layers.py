@@ -1,0 +1,135 @@
+"""
+The package's layers, as ``batchscope/__init__.py`` states them, hold: no import runs
+upward (``TYPE_CHECKING`` imports included).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import batchscope
+
+PACKAGE = Path(batchscope.__file__).parent
+
+#: Each private module's layer, lowest first; a module imports its own layer or below.
+LAYERS: dict[str, int] = {
+    # values: options, exceptions, events, counters, the queue bound
+    "_durations": 0,
+    "_exceptions": 0,
+    "_resilience": 0,
+    "_config": 0,
+    "_hooks": 0,
+    "_statistics": 0,
+    "_room": 0,
+    "_progress": 0,
+    # items: the per-item record and how its caller parks
+    "_items": 1,
+    "_completion": 1,
+    "_trio": 1,
+    # pools and policies
+    "_pending": 2,
+    "_bucketing": 2,
+    # the engine: shared state, scheduler, executor, cache front, map
+    "_engine": 3,
+    "_scheduler": 3,
+    "_executor": 3,
+    "_cache": 3,
+    "_map": 3,
+    # the façade
+    "_scope": 4,
+    "_decorator": 4,
+    "_blocking": 4,
+    "__init__": 4,
+}
+#: Beside the layers: they use the public surface (façade and values), never the engine.
+BESIDE = ("arrays", "ray", "metrics", "testing", "_demo", "__main__")
+#: The one allowed exception: the public hook signature ``Hooks.scope_opened(scope)``.
+ALLOWED = {("_hooks", "_scope")}
+
+
+def _module_of(path: Path) -> str:
+    relative = path.relative_to(PACKAGE).with_suffix("")
+    return ".".join(relative.parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """The batchscope modules *path* imports (top-level name under the package)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package_parts = _module_of(path).split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package_parts[: len(package_parts) - (node.level - 1)]
+                target = [*base, *(node.module.split(".") if node.module else [])]
+                if not node.module:  # from . import x
+                    found.update(".".join([*base, alias.name]) for alias in node.names)
+                    continue
+            elif node.module and node.module.split(".")[0] == "batchscope":
+                target = node.module.split(".")[1:]
+            else:
+                continue
+            if target:
+                found.add(".".join(target))
+            else:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "batchscope" and len(parts) > 1:
+                    found.add(".".join(parts[1:]))
+    return found
+
+
+def _top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def _sources() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_private_module_has_a_layer() -> None:
+    """Each module of the package is in a layer, or beside them (the test stays complete)."""
+    tops = {_top(_module_of(path)) for path in _sources()}
+    unknown = tops - set(LAYERS) - set(BESIDE)
+    assert not unknown, f"give these modules a layer in tests/test_layers.py: {unknown}"
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: _module_of(p))
+def test_no_import_runs_upward(path: Path) -> None:
+    """A layered module imports only its own layer or lower ones."""
+    here = _top(_module_of(path))
+    if here not in LAYERS:
+        pytest.skip("beside the layers: see test_beside_modules_use_the_public_surface")
+    upward = {
+        target
+        for target in map(_top, _imports(path))
+        if target in LAYERS and LAYERS[target] > LAYERS[here] and (here, target) not in ALLOWED
+    }
+    assert not upward, f"{here} (layer {LAYERS[here]}) imports upward: {sorted(upward)}"
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: _module_of(p))
+def test_beside_modules_use_the_public_surface(path: Path) -> None:
+    """arrays, ray, metrics, testing and the demo never import the engine's layers."""
+    here = _top(_module_of(path))
+    if here in LAYERS:
+        pytest.skip("a layered module: see test_no_import_runs_upward")
+    inner = {
+        target
+        for target in map(_top, _imports(path))
+        if target in LAYERS and 0 < LAYERS[target] < 4
+    }
+    assert not inner, f"{here} reaches into the engine's layers: {sorted(inner)}"
+
+
+def test_the_engine_does_not_import_the_facade() -> None:
+    """The lower modules speak to the Engine: none imports _scope (the hook aside)."""
+    importers = {
+        _top(_module_of(path)) for path in _sources() if "_scope" in map(_top, _imports(path))
+    }
+    assert importers <= {"_hooks", "_decorator", "_blocking", "__init__", "metrics", "_demo"}
