@@ -75,16 +75,22 @@ async def test_hooks_see_failed_and_abandoned_batches() -> None:
 async def test_hooks_see_rejections_and_withdrawals() -> None:
     """item_rejected names the reason; item_cancelled says whether it was dispatched."""
     hooks = Recorder()
-    fake = FakeBatchFunction[str, str]()
-    async with bs.BatchScope(
-        fake, cost=len, max_batch_cost=3, oversize="reject", max_wait=1.0, hooks=hooks
-    ) as scope:
+    fake = FakeBatchFunction[str, str](delay=0.005)
+    async with (
+        bs.BatchScope(
+            fake, cost=len, max_batch_cost=3, oversize="reject", max_wait=1.0, hooks=hooks
+        ) as scope,
+        anyio.create_task_group() as tg,
+    ):
         with pytest.raises(bs.ItemTooLargeError):
             await scope.submit("toolong")
+        tg.start_soon(scope.submit, "abc")  # a full batch: the only slot is busy for 5 ms
+        await anyio.sleep(0.001)
         with anyio.move_on_after(0.001):
             await scope.submit("ok")
     assert hooks.of("rejected") == ["too_large"]
     assert hooks.of("cancelled") == [False]
+    assert fake.items == ["abc"]
 
 
 async def test_a_failing_hook_is_logged_and_ignored(caplog: pytest.LogCaptureFixture) -> None:

@@ -117,9 +117,9 @@ async def test_a_later_arrival_with_a_deadline_shortens_the_wait() -> None:
         await anyio.sleep(0.1)
         with anyio.fail_after(0.050):
             assert await scope.submit(2) == 2
-    # 50 ms left at 0.1: released 3 ms (1.5 default batch times) and 5 ms (a tenth of
+    # 50 ms left at 0.1: released 3 ms (1.5 default batch times) and 10 ms (a fifth of
     # the caller's time, DEADLINE_SHARE) before its deadline.
-    assert fake.call_times == [pytest.approx(0.142, abs=1e-5)]
+    assert fake.call_times == [pytest.approx(0.137, abs=1e-5)]
     assert scope.statistics().release_reasons["deadline"] == 1
 
 
@@ -187,9 +187,9 @@ async def test_partial_batch_leaves_early_for_a_callers_deadline() -> None:
         tg.start_soon(scope.submit, 1)  # no deadline: would wait a second
         with anyio.fail_after(0.050):
             assert await scope.submit(2) == 2
-    # Released 1.5 estimated batch times (2 ms each before any is timed) and a tenth of
+    # Released 1.5 estimated batch times (2 ms each before any is timed) and a fifth of
     # the caller's 50 ms (DEADLINE_SHARE) early.
-    assert fake.call_times == [pytest.approx(0.042)]
+    assert fake.call_times == [pytest.approx(0.037)]
     assert sorted(fake.batches[0]) == [1, 2]
     assert scope.statistics().release_reasons["deadline"] == 1
 

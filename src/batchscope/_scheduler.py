@@ -26,7 +26,8 @@ asyncio loop, by several when threads hold the GIL):
 * A partial batch leaves ``lead`` before the soonest deadline: the estimated run time,
   plus the larger of half of it (its variance) and :data:`TIMER_SLACK`, plus how late
   this scheduler's own timers have been firing (a decaying maximum of the lateness it
-  measures each time a timer wakes it, 0 on a virtual clock).
+  measures each time a timer wakes it, 0 on a virtual clock), and by ``DEADLINE_SHARE``
+  of that caller's time (``_pending``), for the stalls nothing measured predicts.
 * An item is left out of a batch only when its caller cannot be served in time even if
   dispatched now, judged by the run time the last two batches confirm
   (:meth:`RunTimeModel.confirmed`): the untimed default and one slow batch (a cold
