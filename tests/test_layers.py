@@ -25,10 +25,12 @@ LAYERS: dict[str, int] = {
     "_statistics": 0,
     "_room": 0,
     "_progress": 0,
+    "_markers": 0,
     # items: the per-item record and how its caller parks
     "_items": 1,
     "_completion": 1,
     "_trio": 1,
+    "_batchinfo": 1,
     # pools and policies
     "_pending": 2,
     "_bucketing": 2,

@@ -23,6 +23,8 @@ Beside them, on the public surface only: ``arrays`` (collators), ``ray``, ``metr
 
 from __future__ import annotations
 
+from ._batchinfo import BatchInfo as BatchInfo
+from ._batchinfo import current_batch as current_batch
 from ._blocking import BlockingBatchScope as BlockingBatchScope
 from ._cache import MISSING as MISSING
 from ._cache import AsyncCache as AsyncCache
@@ -42,6 +44,7 @@ from ._hooks import BatchFinished as BatchFinished
 from ._hooks import BatchStarted as BatchStarted
 from ._hooks import Hooks as Hooks
 from ._map import MapIterator as MapIterator
+from ._markers import END as END
 from ._resilience import CircuitBreaker as CircuitBreaker
 from ._resilience import RateLimit as RateLimit
 from ._resilience import Retry as Retry
@@ -50,9 +53,11 @@ from ._statistics import BatchStatistics as BatchStatistics
 from ._statistics import Percentiles as Percentiles
 
 __all__ = [
+    "END",
     "MISSING",
     "AsyncCache",
     "BatchFinished",
+    "BatchInfo",
     "BatchScope",
     "BatchScopeError",
     "BatchSizeMismatchError",
@@ -75,6 +80,7 @@ __all__ = [
     "ScopeClosedError",
     "ScopeConfig",
     "batch",
+    "current_batch",
 ]
 
 __version__ = "0.1.0"

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 import anyio
 import anyio.to_thread
 
+from ._batchinfo import reset, using
 from ._exceptions import BatchSizeMismatchError, CircuitOpenError
-from ._hooks import BatchFinished, BatchStarted, Outcome
+from ._hooks import BatchFinished, BatchStarted, Outcome, ReleaseReason
 from ._items import ABANDONED, DONE, RUNNING, Item
 
 if TYPE_CHECKING:
@@ -142,12 +143,27 @@ def is_async_callable(fn: object) -> bool:
 class Batch(Generic[In, Out]):
     """One dispatched batch: its items and what is needed to cancel it."""
 
-    __slots__ = ("calling", "cancel_scope", "failed", "items", "live", "load", "started")
+    __slots__ = (
+        "calling",
+        "cancel_scope",
+        "failed",
+        "items",
+        "live",
+        "load",
+        "reason",
+        "started",
+    )
 
     def __init__(
-        self, items: list[Item[In, Out]], load: float, started: BatchStarted | None
+        self,
+        items: list[Item[In, Out]],
+        load: float,
+        started: BatchStarted | None,
+        reason: ReleaseReason = "size",
     ) -> None:
         self.items = items
+        #: Why the batch left the queue (for ``current_batch()``).
+        self.reason: ReleaseReason = reason
         #: The hooks' start event (None without hooks).
         self.started = started
         #: Whether the batch's last call raised.
@@ -188,9 +204,10 @@ class Executor(Generic[In, Out]):
         items: list[Item[In, Out]],
         load: float,
         started: BatchStarted | None,
+        reason: ReleaseReason = "size",
     ) -> None:
         """Run *items* as one batch in a new task of *task_group*."""
-        batch = Batch(items, load, started)
+        batch = Batch(items, load, started, reason)
         for item in items:
             item.batch = batch
             item.state = RUNNING
@@ -385,6 +402,7 @@ class Executor(Generic[In, Out]):
         started = clock()
         batch: Batch[In, Out] = items[0].batch
         batch.calling = items
+        token = using(items, batch.reason)
         try:
             if timeout is None:
                 results = await self._call(values)
@@ -392,6 +410,7 @@ class Executor(Generic[In, Out]):
                 with anyio.fail_after(timeout):
                     results = await self._call(values)
         finally:
+            reset(token)
             batch.calling = None  # routed right after, with no checkpoint between
         if timed is not None:
             engine.scheduler.model.observe(timed.load, clock() - started)

@@ -465,7 +465,7 @@ class Scheduler(Generic[In, Out]):
         if engine.hooks is not None:
             started = BatchStarted(size, load, reason, tuple(now - item.arrival for item in items))
             engine.hooks.call("batch_started", started)
-        self._executor.start(task_group, items, load, started)
+        self._executor.start(task_group, items, load, started, reason)
 
     def fail_waiting(self, error: BaseException) -> int:
         """End every item still queued or pooled with *error*; return how many."""
