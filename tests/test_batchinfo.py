@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 
 import anyio
 import pytest
@@ -100,7 +101,7 @@ async def test_a_retry_call_sees_only_its_rows() -> None:
     """A retried call's view covers the rows of that call only."""
     sizes: list[int] = []
 
-    async def fn(items: list[int]) -> list[int | Exception]:
+    async def fn(items: list[int]) -> Sequence[int | Exception]:
         sizes.append(bs.current_batch().size)
         if len(sizes) == 1:
             return [ValueError("again"), *items[1:]]

@@ -161,17 +161,17 @@ class Batch(Generic[In, Out]):
         started: BatchStarted | None,
         reason: ReleaseReason = "size",
     ) -> None:
-        self.items = items
+        self.items: list[Item[In, Out]] = items
         #: Why the batch left the queue (for ``current_batch()``).
         self.reason: ReleaseReason = reason
         #: The hooks' start event (None without hooks).
-        self.started = started
+        self.started: BatchStarted | None = started
         #: Whether the batch's last call raised.
-        self.failed = False
+        self.failed: bool = False
         #: The batch's size, or cost, for the run-time model.
-        self.load = load
+        self.load: float = load
         #: Items whose callers still wait for this batch.
-        self.live = len(items)
+        self.live: int = len(items)
         self.cancel_scope: anyio.CancelScope | None = None
         #: The items of the call of fn running now (their outcomes are still to come).
         self.calling: list[Item[In, Out]] | None = None

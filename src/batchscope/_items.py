@@ -106,17 +106,17 @@ class Item(ABC, Generic[In, Out]):
         deadline: float,
         signal: Any,
     ) -> None:
-        self.value = value
-        self.priority = priority
+        self.value: In = value
+        self.priority: float = priority
         #: ``cost(value)`` when the scope has a cost function, else 1.
-        self.cost = cost
+        self.cost: float = cost
         #: ``anyio.current_time()`` at submit.
-        self.arrival = arrival
+        self.arrival: float = arrival
         #: The caller's effective deadline at submit (``inf`` when none).
-        self.deadline = deadline
+        self.deadline: float = deadline
         #: How the waiter is told that the item ended (the subclass's business).
-        self.signal = signal
-        self.state = QUEUED
+        self.signal: Any = signal
+        self.state: int = QUEUED
         self.result: Out | None = None
         self.error: BaseException | None = None
         self.error_tb: TracebackType | None = None
@@ -125,7 +125,7 @@ class Item(ABC, Generic[In, Out]):
         #: The cache / deduplication key (NO_KEY when the scope has neither).
         self.key: Any = NO_KEY
         #: Callers waiting for this item: 1, plus those deduplicated onto it.
-        self.waiters = 1
+        self.waiters: int = 1
         #: Callers deduplicated onto this item (None until one joins): the event a
         #: ``submit`` caller parks on, or the FOLLOWING item of ``submit_many``/``map``.
         self.followers: list[anyio.Event | CallbackItem[In, Out]] | None = None
@@ -232,7 +232,7 @@ class CallbackItem(Item[In, Out]):
         callback: Callable[[CallbackItem[In, Out]], None],
     ) -> None:
         super().__init__(value, priority, cost, arrival, deadline, callback)
-        self.index = index
+        self.index: int = index
         #: The item this one follows (state FOLLOWING), else None.
         self.leader: Item[In, Out] | None = None
 

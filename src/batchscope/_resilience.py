@@ -184,7 +184,7 @@ class BreakerState:
         self._breaker = breaker
         self._failures = 0
         self._opened_at: float | None = None
-        self.trial_running = False
+        self.trial_running: bool = False
 
     def is_open(self) -> bool:
         """Whether submits must fail fast now (open, and not yet due for a trial)."""

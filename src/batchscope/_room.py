@@ -25,7 +25,7 @@ class Room:
 
     def __init__(self, size: int) -> None:
         #: Places nobody holds or is being handed.
-        self.free = size
+        self.free: int = size
         self._waiters: deque[anyio.Event] = deque()
 
     @property

@@ -205,9 +205,9 @@ class Scheduler(Generic[In, Out]):
         #: Items set aside because their caller will give up before a batch could finish
         #: (see _pending), each with whether its deadline was already seen passed.
         self._limbo: dict[Item[In, Out], bool] = {}
-        self.model = RunTimeModel()
+        self.model: RunTimeModel = RunTimeModel()
         #: How late the scheduler's timers fire: a decaying maximum (see LATENESS_DECAY).
-        self.lateness = 0.0
+        self.lateness: float = 0.0
 
     def _full_load(self, mean_cost: float) -> float:
         """The load of a full batch."""
