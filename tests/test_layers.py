@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "_items": 1,
     "_completion": 1,
     "_trio": 1,
+    "_aio": 1,
     # pools and policies
     "_pending": 2,
     "_bucketing": 2,
