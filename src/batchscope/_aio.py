@@ -44,7 +44,8 @@ def _anyio_task_states() -> dict[Any, Any] | None:
     probe = scope_type(deadline=1.0, shield=True)
     if not all(hasattr(probe, name) for name in _FIELDS):
         return None  # pragma: no cover - a future AnyIO that renamed them
-    return data
+    states: dict[Any, Any] = data  # pyright: ignore[reportUnknownVariableType]
+    return states
 
 
 def deadline_for(loop: Any) -> Callable[[], float] | None:
