@@ -57,9 +57,13 @@ class Settings:
     #: (b) seconds of Poisson arrivals per point, and the loads (fractions of capacity).
     latency_seconds: float = 1.0
     latency_loads: tuple[float, ...] = (0.3, 0.7, 0.9)
-    #: (c) items pushed through the NumPy model, and concurrent callers.
+    #: (b) at the knee (loads of 90 % and more, where the tail is noisy): at least this
+    #: many repeats, each this many seconds long; the report gives their spread.
+    latency_knee_runs: int = 5
+    latency_knee_seconds: float = 3.0
+    #: (c) items pushed through the NumPy model, and the numbers of concurrent callers.
     padding_items: int = 2_048
-    padding_callers: int = 1_024
+    padding_callers: tuple[int, ...] = (256, 512)
     #: (d) seconds of sustained load for fairness.
     fairness_seconds: float = 2.0
     #: (e) seconds of idleness observed.
@@ -82,8 +86,10 @@ class Settings:
             runs=5,
             overhead_items=100_000,
             latency_seconds=6.0,
+            latency_knee_runs=7,
+            latency_knee_seconds=12.0,
             padding_items=8_192,
-            padding_callers=1_024,
+            padding_callers=(256, 512),
             fairness_seconds=10.0,
             idle_seconds=3.0,
             memory_items=1_000_000,
@@ -101,8 +107,10 @@ class Settings:
             overhead_batches=(8,),
             latency_seconds=0.15,
             latency_loads=(0.3,),
+            latency_knee_runs=1,
+            latency_knee_seconds=0.15,
             padding_items=96,
-            padding_callers=48,
+            padding_callers=(48,),
             fairness_seconds=0.3,
             idle_seconds=0.1,
             memory_items=2_000,

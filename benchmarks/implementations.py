@@ -18,7 +18,7 @@ from functools import cache
 from typing import Any
 
 from ._core import Record, Settings, skipped
-from .references import BatchFn, Submit, open_event, open_floor, open_unbatched
+from .references import BatchFn, Submit, open_event, open_floor, open_lean_floor, open_unbatched
 
 __all__ = ["IMPLS", "Impl", "length_policy_available"]
 
@@ -183,6 +183,12 @@ IMPLS: dict[str, Impl] = {
         Impl(
             "floor",
             _ignore_policy(open_floor),
+            _ASYNCIO,
+            unsupported_note="raw asyncio futures: asyncio only",
+        ),
+        Impl(
+            "lean-floor",
+            _ignore_policy(open_lean_floor),
             _ASYNCIO,
             unsupported_note="raw asyncio futures: asyncio only",
         ),

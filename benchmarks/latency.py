@@ -12,7 +12,13 @@ Arrivals are open-loop: their times are drawn in advance (exponential gaps), eac
 latency runs from its *scheduled* arrival to its result, so a harness that falls behind
 does not hide queueing (no coordinated omission). Items of the first 15 % of the window
 are a warm-up and not counted. Items still unfinished a few seconds after the window
-closes count as infinitely late (an overloaded implementation shows p99 = inf).
+closes count as infinitely late (an overloaded implementation shows p99 = inf). Each
+point also reports the achieved throughput: counted items done per second, from the end
+of the warm-up to the last of them.
+
+The knee (90 % load and more) is noisy: there each implementation runs at least
+``Settings.latency_knee_runs`` times for ``latency_knee_seconds`` each, and the report
+gives the spread (lowest to highest) of every figure beside its median.
 """
 
 from __future__ import annotations
@@ -40,7 +46,17 @@ from .overhead import reference
 __all__ = ["CAPACITY", "SerialDevice", "measure", "run"]
 
 SCENARIO = "latency"
-IMPLEMENTATIONS = ("floor", "anyio-event", "batchscope", "batched", "aiodataloader", "ray")
+IMPLEMENTATIONS = (
+    "floor",
+    "lean-floor",
+    "anyio-event",
+    "batchscope",
+    "batched",
+    "aiodataloader",
+    "ray",
+)
+#: Loads from which a point is "the knee": more and longer repeats (``Settings``).
+KNEE = 0.9
 BATCH = 32
 MAX_WAIT = 0.005
 BASE_S = 0.002
@@ -97,13 +113,16 @@ async def measure(impl: Impl, rate: float, seconds: float, seed: int) -> dict[st
     counted_from = 0.0
     scheduled_count = 0
     clock = anyio.current_time
+    last_done = 0.0
 
     async with impl.open(device.run, max_batch_size=BATCH, max_wait=MAX_WAIT) as submit:
 
         async def one(scheduled: float, counted: bool) -> None:
+            nonlocal last_done
             await submit(scheduled)
             if counted:
-                latencies.append(clock() - scheduled)
+                last_done = clock()
+                latencies.append(last_done - scheduled)
 
         async with anyio.create_task_group() as tg:
             start = clock()
@@ -130,9 +149,12 @@ async def measure(impl: Impl, rate: float, seconds: float, seed: int) -> dict[st
         latencies.extend([math.inf] * unfinished)
         p50 = percentile(latencies, 50) * 1e3
         p99 = percentile(latencies, 99) * 1e3
+    done = scheduled_count - unfinished
+    achieved = done / (last_done - counted_from) if done and last_done > counted_from else 0.0
     return {
         "p50": p50,
         "p99": p99,
+        "achieved": achieved,
         "mean_batch": device.items / max(1, device.batches),
         "unfinished": float(unfinished),
     }
@@ -177,12 +199,14 @@ def run(settings: Settings) -> list[Record]:
         for load in settings.latency_loads:
             rate = load * capacity
             params = {"load": load, "batch": BATCH}
-            for run_index in range(settings.runs):
+            runs, seconds = settings.runs, settings.latency_seconds
+            if load >= KNEE:
+                runs = max(runs, settings.latency_knee_runs)
+                seconds = max(seconds, settings.latency_knee_seconds)
+            for run_index in range(runs):
                 for impl in impls:
                     seed = 1000 * run_index + int(load * 100)
-                    result, error = safe_run(
-                        backend, measure, impl, rate, settings.latency_seconds, seed
-                    )
+                    result, error = safe_run(backend, measure, impl, rate, seconds, seed)
                     if error:
                         backend_records.append(
                             Record(
@@ -199,7 +223,12 @@ def run(settings: Settings) -> list[Record]:
                             )
                         )
                         continue
-                    for metric, unit in (("p50", "ms"), ("p99", "ms"), ("mean_batch", "items")):
+                    for metric, unit in (
+                        ("p50", "ms"),
+                        ("p99", "ms"),
+                        ("achieved", "items/s"),
+                        ("mean_batch", "items"),
+                    ):
                         note = (
                             f"{result['unfinished']:.0f} unfinished" if result["unfinished"] else ""
                         )

@@ -212,7 +212,6 @@ def run_padding(settings: Settings) -> list[Record]:
     scenario = "padding"
     records: list[Record] = []
     items = make_items(settings.padding_items, seed=7)
-    params = {"items": len(items), "callers": settings.padding_callers, "batch": BATCH}
     for backend in settings.backends:
         missing = backend_available(backend)
         if missing:
@@ -220,52 +219,59 @@ def run_padding(settings: Settings) -> list[Record]:
             continue
         variants = _variants(settings, backend, scenario, records)
         backend_records: list[Record] = []
-        for run_index in range(settings.runs):
-            for label, sort in (("offline-sorted", True), ("offline-fifo", False)):
-                throughput, padding = offline(items, sort=sort)
-                for metric, value, unit in (
-                    ("throughput", throughput, "items/s"),
-                    ("padding", padding, "x"),
-                ):
-                    backend_records.append(
-                        Record(
-                            scenario, label, backend, metric, value, unit, dict(params), run_index
+        for callers in settings.padding_callers:
+            params = {"items": len(items), "callers": callers, "batch": BATCH}
+            for run_index in range(settings.runs):
+                for label, sort in (("offline-sorted", True), ("offline-fifo", False)):
+                    throughput, padding = offline(items, sort=sort)
+                    for metric, value, unit in (
+                        ("throughput", throughput, "items/s"),
+                        ("padding", padding, "x"),
+                    ):
+                        backend_records.append(
+                            Record(
+                                scenario,
+                                label,
+                                backend,
+                                metric,
+                                value,
+                                unit,
+                                dict(params),
+                                run_index,
+                            )
                         )
-                    )
-            for impl, policy in variants:
-                result, error = safe_run(
-                    backend, closed_loop, impl, policy, items, settings.padding_callers
-                )
-                name = f"{impl.name}[{policy}]"
-                if error:
-                    backend_records.append(
-                        Record(
-                            scenario,
-                            name,
-                            backend,
-                            "throughput",
-                            None,
-                            "items/s",
-                            dict(params),
-                            run_index,
-                            status="error",
-                            note=error,
+                for impl, policy in variants:
+                    result, error = safe_run(backend, closed_loop, impl, policy, items, callers)
+                    name = f"{impl.name}[{policy}]"
+                    if error:
+                        backend_records.append(
+                            Record(
+                                scenario,
+                                name,
+                                backend,
+                                "throughput",
+                                None,
+                                "items/s",
+                                dict(params),
+                                run_index,
+                                status="error",
+                                note=error,
+                            )
                         )
-                    )
-                    continue
-                for metric, unit in (("throughput", "items/s"), ("padding", "x")):
-                    backend_records.append(
-                        Record(
-                            scenario,
-                            name,
-                            backend,
-                            metric,
-                            result[metric],
-                            unit,
-                            dict(params),
-                            run_index,
+                        continue
+                    for metric, unit in (("throughput", "items/s"), ("padding", "x")):
+                        backend_records.append(
+                            Record(
+                                scenario,
+                                name,
+                                backend,
+                                metric,
+                                result[metric],
+                                unit,
+                                dict(params),
+                                run_index,
+                            )
                         )
-                    )
         attach_ratios(backend_records, "offline-sorted")
         records.extend(backend_records)
     return records

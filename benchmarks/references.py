@@ -4,7 +4,11 @@ The reference batchers every result is measured against.
 * :class:`FloorBatcher` — "the floor": the smallest correct dynamic batcher on raw
   asyncio futures. A batch goes when ``max_batch_size`` items are pending or the oldest
   has waited ``max_wait``; one batch in flight; an idle batcher waits on a future with no
-  timer. asyncio (and uvloop) only.
+  timer. asyncio (and uvloop) only. Its ``async def submit`` costs a coroutine per item.
+* The lean floor (:func:`open_lean_floor`): the same batcher, whose ``submit`` is
+  :meth:`FloorBatcher.submit_future`, a plain function that returns the loop's future
+  itself (no coroutine per item): the leanest correct batcher, one worker loop,
+  ``call_at`` timers. What the per-item overhead target of issue 15 is measured against.
 * :class:`EventBatcher` — the same algorithm on one ``anyio.Event`` per item and an AnyIO
   cancel scope as the timer, so it also runs under Trio: what an AnyIO library costs
   before it does anything clever.
@@ -25,7 +29,16 @@ from typing import Any
 
 import anyio
 
-__all__ = ["BatchFn", "EventBatcher", "FloorBatcher", "Submit", "open_unbatched"]
+__all__ = [
+    "BatchFn",
+    "EventBatcher",
+    "FloorBatcher",
+    "Submit",
+    "open_event",
+    "open_floor",
+    "open_lean_floor",
+    "open_unbatched",
+]
 
 #: The batch function every implementation gets: async, list in, list out.
 BatchFn = Callable[[list[Any]], Awaitable[list[Any]]]
@@ -66,6 +79,10 @@ class FloorBatcher:
 
     async def submit(self, value: Any) -> Any:
         """Queue *value* and wait for its result."""
+        return await self.submit_future(value)
+
+    def submit_future(self, value: Any) -> asyncio.Future[Any]:
+        """Queue *value*; return the future of its result (no coroutine of its own)."""
         loop = self._loop
         future = loop.create_future()
         pending = self._pending
@@ -74,7 +91,7 @@ class FloorBatcher:
         full = len(pending) >= self._size
         if wake is not None and not wake.done() and (full or not self._want_full):
             wake.set_result(None)
-        return await future
+        return future
 
     async def _park(self, due: float | None) -> object:
         loop = self._loop
@@ -213,6 +230,15 @@ async def open_floor(fn: BatchFn, *, max_batch_size: int, max_wait: float) -> As
     """The floor as an implementation: yields its ``submit``."""
     async with FloorBatcher(fn, max_batch_size=max_batch_size, max_wait=max_wait) as batcher:
         yield batcher.submit
+
+
+@asynccontextmanager
+async def open_lean_floor(
+    fn: BatchFn, *, max_batch_size: int, max_wait: float
+) -> AsyncIterator[Submit]:
+    """The lean floor as an implementation: yields ``submit_future`` (no coroutine per item)."""
+    async with FloorBatcher(fn, max_batch_size=max_batch_size, max_wait=max_wait) as batcher:
+        yield batcher.submit_future
 
 
 @asynccontextmanager

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "_items": 1,
     "_completion": 1,
     "_trio": 1,
+    "_asyncio": 1,
     "_batchinfo": 1,
     # pools and policies
     "_pending": 2,

@@ -10,7 +10,7 @@ lower ones (``tests/test_layers.py`` holds them to it):
 1. values: options (``_config``, ``_durations``, ``_resilience``), exceptions, hook
    events, counters (``_statistics``), the queue bound (``_room``);
 2. items: the per-item record and its states (``_items``), how a caller parks
-   (``_completion``, ``_trio``);
+   (``_completion``, ``_trio``, ``_asyncio``);
 3. pools and policies: FIFO and priority (``_pending``), length buckets (``_bucketing``);
 4. the engine: the state the parts share and the admission protocol (``_engine``), the
    scheduler, the executor, the cache front, ``submit_many``/``map``;

@@ -9,7 +9,8 @@ gives the same guarantee (woken exactly once, cancellable, a checkpoint):
 
 * asyncio and every asyncio-compatible loop (uvloop): a future of the running loop,
   made by ``loop.create_future()``; the loop comes from ``anyio.lowlevel.current_token()``,
-  so nothing here imports asyncio. The loop's ``time`` is the clock.
+  so nothing here imports asyncio. The loop's ``time`` is the clock; the caller's
+  deadline is AnyIO's, read with the loop bound once (``_asyncio``, imported only then).
 * Trio: the caller's task parks with ``trio.lowlevel.wait_task_rescheduled`` and is
   rescheduled when its item ends (``_trio``, imported only when Trio runs the scope).
 * Anything else: one ``anyio.Event`` per item.
@@ -119,8 +120,11 @@ def loop_calls() -> LoopCalls:
     create_future = getattr(native, "create_future", None)
     loop_time = getattr(native, "time", None)
     if callable(create_future) and callable(loop_time):
+        from . import _asyncio
+
         clock = cast("Callable[[], float]", loop_time)
-        return LoopCalls(clock, backend_deadline, FutureItem, create_future)
+        deadline = _asyncio.deadline_for(native) or backend_deadline
+        return LoopCalls(clock, deadline, FutureItem, create_future)
     if "trio" in sys.modules:
         from . import _trio
 
