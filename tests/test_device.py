@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import batchscope as bs
@@ -72,8 +73,7 @@ async def test_two_slots_run_two_batches_at_once() -> None:
     tracker = Tracker()
     device = bs.Device(slots=2)
     scopes = [
-        bs.BatchScope(tracker.fn(name, 0.01), max_batch_size=4, device=device)
-        for name in "abc"
+        bs.BatchScope(tracker.fn(name, 0.01), max_batch_size=4, device=device) for name in "abc"
     ]
     async with scopes[0], scopes[1], scopes[2], anyio.create_task_group() as tg:
         for scope in scopes:
@@ -112,8 +112,6 @@ async def test_weights_three_to_one() -> None:
     last = max(i for i, (who, _) in enumerate(tracker.order) if who == "a")
     share = _share(tracker.order[: last + 1], "a")
     assert share == pytest.approx(0.75, abs=0.03)
-    shares = {s.scope: s for s in device.statistics().scopes}
-    assert len(shares) == 1  # both scopes run the same function name: one listed twice
     both = device.statistics().scopes
     assert both[0].weight == 3 and both[1].weight == 1
 
@@ -123,9 +121,7 @@ async def test_shares_count_cost_not_batches() -> None:
     """With cost=, deficit round robin shares cost units: small items come in more batches."""
     tracker = Tracker()
     device = bs.Device()
-    big = bs.BatchScope(
-        tracker.fn("big", 0.01), max_batch_size=8, cost=lambda x: 4, device=device
-    )
+    big = bs.BatchScope(tracker.fn("big", 0.01), max_batch_size=8, cost=lambda x: 4, device=device)
     small = bs.BatchScope(
         tracker.fn("small", 0.01), max_batch_size=8, cost=lambda x: 1, device=device
     )
@@ -195,7 +191,7 @@ async def test_chosen_scope_whose_callers_left_hands_the_slot_on() -> None:
         with anyio.move_on_after(0.01):
             await b.submit(2)  # waits for the device, then leaves
         tg.start_soon(a.submit, 3)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
     assert b_fn.batches == []
     assert a_fn.batches == [[1], [3]]
     assert b.statistics().cancelled == 1
@@ -255,7 +251,7 @@ async def test_shared_device_real_clock(cpu_hog: object) -> None:
     a = bs.BatchScope(tracker.fn("a", 0.002), max_batch_size=8, device=device)
     b = bs.BatchScope(tracker.fn("b", 0.002), max_batch_size=8, device=device, weight=2)
     async with a, b:
-        results = await anyio.to_thread.run_sync(lambda: None) or []
+        results: list[object] = []
         async with anyio.create_task_group() as tg:
 
             async def run(scope: bs.BatchScope[int, int], n: int) -> None:
@@ -263,7 +259,7 @@ async def test_shared_device_real_clock(cpu_hog: object) -> None:
 
             tg.start_soon(run, a, 200)
             tg.start_soon(run, b, 200)
-    assert sorted(results) == sorted(list(range(200)) * 2)
+    assert sorted(results, key=repr) == sorted(list(range(200)) * 2, key=repr)
     assert tracker.most == 1
     stats = device.statistics()
     assert stats.in_use == 0 and stats.waiting == 0

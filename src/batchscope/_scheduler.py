@@ -358,10 +358,10 @@ class Scheduler(Generic[In, Out]):
                             limbo.update(dict.fromkeys(pool.expired, False))
                             pool.expired.clear()
                         if taken is None:
-                            if device is not None:
-                                device.decline()
                             break
                         self._dispatch(task_group, taken[0], taken[1], now)
+                if device is not None and device.held:
+                    device.decline()  # chosen, with nothing due after all (callers left)
                 if draining and not pool.live and not limbo:
                     return
 
