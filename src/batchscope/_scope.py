@@ -294,7 +294,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             device=device,
             weight=weight,
         )
-        if device is not None and not isinstance(device, Device):
+        if not isinstance(cast(object, device), Device | None):
             raise TypeError(f"'device' must be a bs.Device(...), not {type(device).__name__}")
         fn_name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         log = RateLimitedLog()
