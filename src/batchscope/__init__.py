@@ -32,6 +32,9 @@ from ._config import ScopeConfig as ScopeConfig
 from ._decorator import BatchedFunction as BatchedFunction
 from ._decorator import BatchedMethod as BatchedMethod
 from ._decorator import batch as batch
+from ._device import Device as Device
+from ._device import DeviceShare as DeviceShare
+from ._device import DeviceStatistics as DeviceStatistics
 from ._exceptions import BatchScopeError as BatchScopeError
 from ._exceptions import BatchSizeMismatchError as BatchSizeMismatchError
 from ._exceptions import CircuitOpenError as CircuitOpenError
@@ -69,6 +72,9 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "Collator",
+    "Device",
+    "DeviceShare",
+    "DeviceStatistics",
     "Hooks",
     "ItemTooLargeError",
     "MapIterator",

@@ -25,6 +25,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._cache import AsyncCache
 from ._config import CostMode, OnFull, Oversize, Policy, to_seconds
+from ._device import Device
 from ._exceptions import NoActiveScopeError, ScopeClosedError
 from ._executor import BatchFunction, Collator
 from ._hooks import Hooks
@@ -104,6 +105,8 @@ class BlockingBatchScope(Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: None = None,
+        device: Device | None = None,
+        weight: float = 1.0,
     ) -> None: ...
 
     @overload
@@ -134,6 +137,8 @@ class BlockingBatchScope(Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out],
+        device: Device | None = None,
+        weight: float = 1.0,
     ) -> None: ...
 
     def __init__(
@@ -163,6 +168,8 @@ class BlockingBatchScope(Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out] | None = None,
+        device: Device | None = None,
+        weight: float = 1.0,
     ) -> None:
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"'backend' must be 'asyncio' or 'trio', got {backend!r}")
@@ -192,6 +199,8 @@ class BlockingBatchScope(Generic[In, Out]):
             key=key,
             hooks=hooks,
             collate=cast(Any, collate),
+            device=device,
+            weight=weight,
         )
         self._backend = backend
         self._backend_options = backend_options

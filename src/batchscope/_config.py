@@ -68,6 +68,13 @@ def _batch_timeout(value: float | timedelta | None) -> float | None:
     return _optional_seconds("batch_timeout")(value)
 
 
+def _weight(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"'weight' must be a number, not {type_name(value)}")
+    if not 0.01 <= value <= 100:
+        raise ValueError(f"'weight' must be between 0.01 and 100, got {value!r}")
+
+
 def _bool(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{attribute.name!r} must be True or False, not {type_name(value)}")
@@ -147,6 +154,10 @@ class ScopeConfig:
     cache: object = attrs.field(default=None)
     #: ``item -> Hashable`` cache key; also turns on in-flight deduplication.
     key: Callable[[Any], Hashable] | None = attrs.field(default=None, validator=_optional_callable)
+    #: A :class:`~batchscope.Device` shared with other scopes (None: the scope's own).
+    device: object = attrs.field(default=None)
+    #: The scope's share of its device relative to the others' (``device=``).
+    weight: float = attrs.field(default=1.0, validator=_weight)
 
     def __attrs_post_init__(self) -> None:
         # Options that only make sense together.
@@ -156,5 +167,7 @@ class ScopeConfig:
             raise ValueError("'target_latency' applies only with max_wait='auto'")
         if self.max_batch_cost is not None and self.cost is None:
             raise ValueError("'max_batch_cost' needs a 'cost' function (for example cost=len)")
+        if self.weight != 1.0 and self.device is None:
+            raise ValueError("'weight' applies only with a shared 'device'")
         if self.policy == "length" and self.cost is None:
             raise ValueError("policy='length' needs a 'cost' function (for example cost=len)")

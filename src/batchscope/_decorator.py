@@ -36,6 +36,7 @@ from typing import Any, Generic, Literal, TypeVar, cast, final, overload
 
 from ._cache import AsyncCache, namespaced
 from ._config import CostMode, OnFull, Oversize, Policy
+from ._device import Device
 from ._exceptions import NoActiveScopeError
 from ._executor import Collator
 from ._hooks import Hooks
@@ -440,6 +441,8 @@ def batch(
     key: Callable[[Any], Hashable] | None = None,
     hooks: Hooks | Sequence[Hooks] | None = None,
     collate: Collator[Any, Any] | None = None,
+    device: Device | None = None,
+    weight: float = 1.0,
 ) -> _BatchDecorator:
     """
     Turn a batch function into one you call with one item at a time.
@@ -493,5 +496,7 @@ def batch(
             "key": key,
             "hooks": hooks,
             "collate": collate,
+            "device": device,
+            "weight": weight,
         }
     )

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
 
     from ._cache import CacheFront
+    from ._device import DeviceClient
     from ._executor import Executor
     from ._map import MapIterator
     from ._scheduler import Scheduler
@@ -120,6 +121,8 @@ class Engine(Generic[In, Out]):
     state: ScopeState = ScopeState.NEW
     #: What broke the scope (a crash, or the body's exception), or None.
     failure: BaseException | None = None
+    #: This scope's handle on its shared device (``device=``; set when it opens), or None.
+    device: DeviceClient | None = None
     #: Open ``map`` iterators (stopped when the scope closes).
     maps: set[MapIterator[In, Out]] = attrs.field(init=False, factory=_no_maps)
     # -- set when the scope opens: they belong to its event loop ---------------------------

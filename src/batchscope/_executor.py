@@ -291,6 +291,8 @@ class Executor(Generic[In, Out]):
             latencies = recorder.latencies
             for item in items:
                 latencies.append(ended - item.arrival)
+            if engine.device is not None:
+                engine.scheduler.device_slot_freed(ended - started)
             engine.scheduler.slot_freed()
             if batch.started is not None and engine.hooks is not None:
                 engine.hooks.call("batch_finished", _finished(batch, ended - started, ended))

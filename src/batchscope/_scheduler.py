@@ -53,6 +53,7 @@ from ._pending import Limits, Pool, Release
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+    from ._device import DeviceClient
     from ._engine import Engine
     from ._executor import Executor
 
@@ -263,6 +264,50 @@ class Scheduler(Generic[In, Out]):
         if self._waiting_for_slot:
             self.wake()
 
+    # -- the shared device (only for scopes built with device=) ----------------------------
+
+    def _next_load(self, limits: Limits, now: float, draining: bool) -> float:
+        """The load of the batch due now, or 0.0 when none is (checked without taking it)."""
+        pool = self.pool
+        if not pool.live:
+            return 0.0
+        size = min(pool.live, limits.max_batch_size)
+        cost = self._engine.config.cost is not None
+        full = pool.live >= limits.max_batch_size or (
+            limits.max_batch_cost is not None and pool.pending_cost >= limits.max_batch_cost
+        )
+        if not (draining or full or pool.due_at(limits) <= now):
+            return 0.0
+        if not cost:
+            return float(size)
+        load = size * pool.pending_cost / pool.live
+        if limits.max_batch_cost is not None:
+            load = min(load, limits.max_batch_cost)
+        return load or 1.0
+
+    def _ask_device(self, device: DeviceClient, limits: Limits, now: float, draining: bool) -> bool:
+        """No device slot: ask for one if a batch is due; True when it asked."""
+        load = self._next_load(limits, now, draining)
+        if load:
+            device.ask(load, now)
+        return bool(load)
+
+    def device_slot_freed(self, seconds: float) -> None:
+        """
+        A batch of this scope that held a device slot for *seconds* ended: if another
+        batch is due, ask for a slot first (still backlogged, the scope takes its turn),
+        then free the slot for the device to choose.
+        """
+        device = self._engine.device
+        assert device is not None
+        engine = self._engine
+        if self.pool.live and engine.recorder.in_flight < engine.config.max_concurrent_batches:
+            now = engine.clock()
+            load = self._next_load(self._limits(), now, False)
+            if load:
+                device.ask(load, now, choose=False)
+        device.release(seconds)
+
     def _pull(self) -> bool:
         """Move every item that has arrived into the pool; True at end of stream."""
         receive_nowait = self._receive.receive_nowait
@@ -298,9 +343,16 @@ class Scheduler(Generic[In, Out]):
                     limit = 1  # one trial batch at a time
                 # Only a pool with items needs limits (an empty one is never due).
                 limits = self._limits() if pool.live else None
+                device = engine.device
+                on_device = False  # waiting for a slot of the shared device
                 if limits is not None and recorder.in_flight < limit:
                     now = engine.clock()
                     while recorder.in_flight < limit:
+                        if device is not None and not device.may_run():
+                            asked = self._ask_device(device, limits, now, draining)
+                            if not device.may_run():  # not chosen at once
+                                on_device = asked
+                                break
                         taken = pool.take(now, limits, draining)
                         if pool.expired:
                             limbo.update(dict.fromkeys(pool.expired, False))
@@ -308,17 +360,20 @@ class Scheduler(Generic[In, Out]):
                         if taken is None:
                             break
                         self._dispatch(task_group, taken[0], taken[1], now)
+                if device is not None and device.held:
+                    device.decline()  # chosen, with nothing due after all (callers left)
                 if draining and not pool.live and not limbo:
                     return
 
-                # While every slot is busy, a finished batch wakes us: no timer.
-                if limits is None or recorder.in_flight >= limit:
+                # While every slot is busy, a finished batch wakes us: no timer. So does
+                # the shared device when it chooses us.
+                if limits is None or recorder.in_flight >= limit or on_device:
                     due = math.inf
                 else:
                     due = pool.due_at(limits)
                 if limbo:
                     due = min(due, min(item.deadline for item in limbo))
-                self._waiting_for_slot = recorder.in_flight >= limit
+                self._waiting_for_slot = recorder.in_flight >= limit or on_device
                 # Measure how late the timer fires (one clock read before and one after a
                 # timed wait; none when there is no timer).
                 armed = engine.clock() if due != math.inf else math.inf
@@ -461,6 +516,8 @@ class Scheduler(Generic[In, Out]):
             recorder.real_cost += real
             recorder.padded_cost += load
         engine.room.release(size)
+        if engine.device is not None:
+            engine.device.claim(load, now)
         started = None
         if engine.hooks is not None:
             started = BatchStarted(size, load, reason, tuple(now - item.arrival for item in items))

@@ -37,6 +37,7 @@ from ._bucketing import LengthPool
 from ._cache import AsyncCache, CacheFront
 from ._completion import loop_calls
 from ._config import CostMode, OnFull, Oversize, Policy, ScopeConfig, check_int
+from ._device import Device
 from ._engine import Engine, ScopeState
 from ._executor import BatchFunction, Collator, Executor, check_collator
 from ._hooks import HookRunner, Hooks, RateLimitedLog
@@ -162,6 +163,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         collate: A :class:`Collator` that turns the item list into fn's input (say, one
             padded array) and fn's output back into per-item results
             (:mod:`batchscope.arrays` has collators for NumPy, CuPy and PyTorch).
+        device: A :class:`Device` shared with other scopes (two models on one GPU): its
+            slots go to the scopes' due batches by weighted deficit round robin on cost
+            (``max_concurrent_batches`` still bounds this scope's own batches).
+        weight: With ``device``, this scope's share of the device relative to the
+            others' (0.01 to 100): while all are backlogged, shares of the device's work
+            follow the weights.
 
     Raises:
         TypeError: *fn* is not callable, or an option has the wrong type.
@@ -196,6 +203,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: None = None,
+        device: Device | None = None,
+        weight: float = 1.0,
     ) -> None: ...
 
     @overload
@@ -224,6 +233,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out],
+        device: Device | None = None,
+        weight: float = 1.0,
     ) -> None: ...
 
     def __init__(
@@ -251,6 +262,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out] | None = None,
+        device: Device | None = None,
+        weight: float = 1.0,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"'fn' must be callable, not {type(fn).__name__}")
@@ -278,7 +291,11 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             rate_limit=rate_limit,
             cache=cache,
             key=key,
+            device=device,
+            weight=weight,
         )
+        if not isinstance(cast(object, device), Device | None):
+            raise TypeError(f"'device' must be a bs.Device(...), not {type(device).__name__}")
         fn_name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         log = RateLimitedLog()
         #: The state the lower layers share, and the caller's side of every item.
@@ -317,6 +334,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         engine = self._engine
         if engine.state is not ScopeState.NEW:
             raise RuntimeError("a BatchScope can be opened only once; create a new one")
+        device = engine.config.device
+        if isinstance(device, Device):
+            # Checks the loop first: a scope on another loop than the device's raises here.
+            engine.device = device.join(
+                engine.fn_name, engine.config.weight, lambda: engine.scheduler.wake()
+            )
         calls = loop_calls()
         engine.clock, engine.deadline = calls.clock, calls.deadline
         engine.item_type, engine.new_signal = calls.item_type, calls.new_signal
@@ -355,6 +378,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         finally:
             engine.state = ScopeState.CLOSED
             send.close()
+            if engine.device is not None:
+                engine.device.leave()
             if engine.hooks is not None:
                 engine.hooks.call("scope_closed", self)
 

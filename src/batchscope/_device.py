@@ -1,0 +1,319 @@
+"""
+One device shared by several scopes: slots granted by weighted deficit round robin.
+
+A :class:`Device` stands for what several scopes' batches compete for: one GPU that two
+models share, one remote API that two tenants call. Each scope built with ``device=`` asks
+it for a slot before it dispatches a batch (:meth:`DeviceClient.may_run`) and gives the
+slot back when the batch ends (:meth:`DeviceClient.release`). Scopes without a device
+never touch this module.
+
+While a slot is free and nobody waits for one, the first scope with a due batch takes it.
+Scopes that find every slot taken wait; when a slot frees, the device chooses among them
+by deficit round robin on cost: the waiting scopes form a ring, the scope whose turn it
+is gets ``quantum * weight`` cost units of credit, and it is served while its credit
+covers its next batch's load (the batch's size, or its cost); then the turn passes on.
+Over time each backlogged scope gets a share of the device's work proportional to its
+weight, whatever the sizes of its batches. ``quantum`` is the largest batch load the
+device has seen, so any scope is served within ``1 / weight`` turns. Aging: a scope that
+has waited ``aging`` seconds for a slot is served next, whatever its credit, so none
+starves, however small its weight.
+
+The chosen scope's slot is held for it (it may not be the next to ask), and its
+scheduler is woken through its own channel (``Scheduler.wake``); if it no longer has a
+due batch (its callers left), it hands the slot back and the device chooses again.
+
+A device belongs to one event loop: every scope using it must run on the loop of the
+first one that opened (a scope on another loop raises ``RuntimeError`` when it opens).
+It is not thread-safe, like the rest of a scope.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import final
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from ._durations import check_int, to_seconds
+
+__all__ = ["Device", "DeviceClient", "DeviceShare", "DeviceStatistics"]
+
+
+@final
+@attrs.frozen
+class DeviceShare:
+    """
+    One scope's use of a :class:`Device`, in :meth:`Device.statistics`.
+
+    .. versionadded:: 0.2.0
+    """
+
+    #: The scope, as its ``repr`` names it when it opened.
+    scope: str
+    #: Its weight.
+    weight: float
+    #: Batches it ran on the device.
+    batches: int
+    #: Their load: items, or cost units when the scope has a ``cost``.
+    load: float
+    #: Seconds its batches held a slot.
+    busy_seconds: float
+    #: Seconds its due batches waited for a slot.
+    wait_seconds: float
+    #: Its part of the busy time of every scope listed (0.0 before any batch ended).
+    share: float
+
+
+@final
+@attrs.frozen
+class DeviceStatistics:
+    """
+    A snapshot of a :class:`Device`: its slots and each scope's share of them.
+
+    .. versionadded:: 0.2.0
+    """
+
+    #: Slots of the device.
+    slots: int
+    #: Slots held by running batches now (or held for a scope that was chosen).
+    in_use: int
+    #: Scopes waiting for a slot now.
+    waiting: int
+    #: Every scope that has used the device, in the order they first opened.
+    scopes: tuple[DeviceShare, ...]
+
+
+class DeviceClient:
+    """One scope's handle on its device (held by its engine)."""
+
+    __slots__ = (
+        "asked_at",
+        "batches",
+        "busy",
+        "deficit",
+        "device",
+        "held",
+        "load",
+        "name",
+        "wait",
+        "waited",
+        "wake",
+        "want",
+        "weight",
+    )
+
+    def __init__(self, device: Device, name: str, weight: float, wake: Callable[[], None]) -> None:
+        self.device = device
+        self.name = name
+        self.weight = weight
+        #: Pokes the scope's scheduler (``Scheduler.wake``).
+        self.wake = wake
+        #: Credit in cost units (deficit round robin).
+        self.deficit = 0.0
+        #: The load of the due batch it waits to run.
+        self.want = 0.0
+        #: When it started waiting (inf: not waiting).
+        self.asked_at = math.inf
+        #: A slot the device holds for it.
+        self.held = False
+        self.batches = 0
+        self.load = 0.0
+        self.busy = 0.0
+        self.waited = 0.0
+        self.wait = 0.0
+
+    def may_run(self) -> bool:
+        """Whether the scope may take a slot now (one is free, or held for it)."""
+        device = self.device
+        return self.held or (device.free > 0 and not device.ring)
+
+    def ask(self, load: float, now: float, *, choose: bool = True) -> None:
+        """
+        The scope has a due batch of *load* and no slot: wait for one (it is woken when
+        chosen). Without *choose* the device does not choose yet (a slot is about to
+        free, and the scope asks before it does: it is still backlogged).
+        """
+        self.device.enqueue(self, load, now, choose=choose)
+
+    def claim(self, load: float, now: float) -> None:
+        """The scope dispatches a batch of *load*: take the slot (the one held for it)."""
+        device = self.device
+        if self.held:
+            self.held = False
+        else:
+            device.free -= 1
+        if self.asked_at != math.inf:
+            self.waited += now - self.asked_at
+            self.asked_at = math.inf
+        device.quantum = max(device.quantum, load)
+        self.batches += 1
+        self.load += load
+
+    def decline(self) -> None:
+        """Chosen, the scope has no due batch after all: hand the held slot back."""
+        if self.held:
+            self.held = False
+            self.device.free += 1
+            self.device.choose()
+
+    def release(self, seconds: float) -> None:
+        """A batch that held a slot for *seconds* ended: free the slot, choose the next."""
+        self.busy += seconds
+        self.device.free += 1
+        self.device.choose()
+
+    def leave(self) -> None:
+        """The scope closed: stop waiting, hand back a held slot."""
+        device = self.device
+        if self in device.ring:
+            device.ring.remove(self)
+        self.asked_at = math.inf
+        self.decline()
+
+
+@final
+class Device:
+    """
+    A device (a GPU, a remote API) that several scopes share, fairly.
+
+    Pass one to several scopes (``BatchScope(fn, device=gpu, weight=2.0)``): at most
+    *slots* of their batches run at once, all scopes together. When a slot frees, the
+    next batch comes from the scopes waiting for one by weighted deficit round robin on
+    cost: while they are all backlogged, each scope's share of the device's work (in
+    items, or cost units with ``cost=``) is proportional to its weight. Inside each
+    scope its own options (``max_batch_size``, ``policy``, deadlines...) still pick
+    the batch. A scope that has waited *aging* seconds for a slot goes next, so none
+    starves. Scopes without ``device=`` are not affected.
+
+    A device belongs to one event loop: all its scopes must run on it (a scope opened
+    on another loop or thread raises ``RuntimeError``). Each scope's own
+    ``max_concurrent_batches`` still bounds that scope's batches.
+
+    Args:
+        slots: Batches that may run on the device at once, all scopes together.
+        aging: Seconds (or a ``timedelta``) a scope's due batch waits for a slot at
+            most before it is served, whatever its weight and credit.
+
+    Raises:
+        TypeError, ValueError: An argument is invalid (the message names it).
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(self, slots: int = 1, *, aging: float = 1.0) -> None:
+        check_int("slots", slots, minimum=1)
+        seconds = to_seconds("aging", aging)
+        if seconds == 0:
+            raise ValueError(f"'aging' must be > 0, got {aging!r}")
+        self._slots = slots
+        self._aging = seconds
+        #: Free slots (not running a batch, not held for a chosen scope).
+        self.free = slots
+        #: Scopes waiting for a slot, in round-robin order; the head has the turn.
+        self.ring: deque[DeviceClient] = deque()
+        #: Credit per turn at weight 1: the largest batch load seen.
+        self.quantum = 1.0
+        self._clients: list[DeviceClient] = []
+        self._token: object = None
+        #: The scope whose turn it is (it keeps the turn while its credit lasts).
+        self._turn: DeviceClient | None = None
+
+    def __repr__(self) -> str:
+        return f"<Device slots={self._slots} free={self.free} waiting={len(self.ring)}>"
+
+    @property
+    def slots(self) -> int:
+        """Batches that may run at once."""
+        return self._slots
+
+    def join(self, name: str, weight: float, wake: Callable[[], None]) -> DeviceClient:
+        """A scope opens on this device (on the current event loop); return its handle."""
+        token = anyio.lowlevel.current_token()
+        if self._token is None:
+            self._token = token
+        elif token != self._token:
+            raise RuntimeError(
+                f"{self!r} is used by scopes on another event loop; a device is shared only "
+                f"by scopes on one event loop (one thread)"
+            )
+        client = DeviceClient(self, name, weight, wake)
+        self._clients.append(client)
+        return client
+
+    def enqueue(self, client: DeviceClient, load: float, now: float, *, choose: bool) -> None:
+        """*client* waits for a slot for a batch of *load*; *choose*: fill free slots now."""
+        client.want = load
+        self.quantum = max(self.quantum, load)
+        if client.asked_at == math.inf:
+            client.asked_at = now
+        if client not in self.ring:
+            # Credit left from a turn is kept, up to one turn's worth (no bursts).
+            client.deficit = min(client.deficit, self.quantum * client.weight)
+            if client is self._turn:
+                self.ring.appendleft(client)  # its turn goes on
+            else:
+                self.ring.append(client)
+        if choose and self.free > 0:
+            self.choose()
+
+    def choose(self) -> None:
+        """Hold free slots for the waiting scopes whose turn it is, and wake them."""
+        ring = self.ring
+        while self.free > 0 and ring:
+            now = anyio.current_time()
+            chosen = self._aged(now)
+            if chosen is None:
+                chosen = self._next_by_credit()
+            ring.remove(chosen)
+            self.free -= 1
+            chosen.held = True
+            chosen.wake()
+
+    def _aged(self, now: float) -> DeviceClient | None:
+        """The scope that has waited longest, if that is *aging* or more."""
+        oldest = min(self.ring, key=lambda client: client.asked_at)
+        return oldest if now - oldest.asked_at >= self._aging else None
+
+    def _next_by_credit(self) -> DeviceClient:
+        """Deficit round robin: the head while its credit covers its batch, else the next."""
+        ring = self.ring
+        # Each full turn adds quantum * weight to a scope's credit, so some scope is
+        # served within max(want) / (quantum * min(weight)) + 1 turns of the ring.
+        while True:
+            head = ring[0]
+            if head.deficit >= head.want and head is self._turn:
+                head.deficit -= head.want
+                return head
+            if head is self._turn:
+                ring.rotate(-1)  # its credit is spent: the turn passes on
+            turn = self._turn = ring[0]
+            turn.deficit += self.quantum * turn.weight
+
+    def statistics(self) -> DeviceStatistics:
+        """
+        Return a frozen snapshot: slots in use, scopes waiting, each scope's share.
+
+        .. versionadded:: 0.2.0
+        """
+        total = sum(client.busy for client in self._clients)
+        return DeviceStatistics(
+            slots=self._slots,
+            in_use=self._slots - self.free,
+            waiting=len(self.ring),
+            scopes=tuple(
+                DeviceShare(
+                    scope=client.name,
+                    weight=client.weight,
+                    batches=client.batches,
+                    load=client.load,
+                    busy_seconds=client.busy,
+                    wait_seconds=client.waited,
+                    share=client.busy / total if total > 0 else 0.0,
+                )
+                for client in self._clients
+            ),
+        )

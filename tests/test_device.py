@@ -1,0 +1,267 @@
+"""One device shared by several scopes: slots by weighted deficit round robin, with aging."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import batchscope as bs
+from batchscope.testing import FakeBatchFunction
+
+pytestmark = pytest.mark.anyio
+
+virtual = pytest.mark.virtual_time
+
+
+class Tracker:
+    """Records, across scopes, the intervals batches run on the device."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most = 0
+        #: (scope name, batch size) in the order the batches started.
+        self.order: list[tuple[str, int]] = []
+
+    def fn(self, name: str, delay: float, per_item: float = 0.0) -> Any:
+        async def run(items: list[int]) -> list[int]:
+            self.order.append((name, len(items)))
+            self.running += 1
+            self.most = max(self.most, self.running)
+            try:
+                await anyio.sleep(delay + per_item * len(items))
+            finally:
+                self.running -= 1
+            return items
+
+        return run
+
+
+async def _flood(scope: bs.BatchScope[int, int], count: int) -> None:
+    async with anyio.create_task_group() as tg:
+        for i in range(count):
+            tg.start_soon(scope.submit, i)
+
+
+def _share(order: list[tuple[str, int]], name: str) -> float:
+    total = sum(size for _, size in order)
+    return sum(size for who, size in order if who == name) / total
+
+
+@virtual
+async def test_device_runs_one_batch_at_a_time_across_scopes() -> None:
+    """Two scopes on Device(slots=1) never run batches at the same time."""
+    tracker = Tracker()
+    device = bs.Device()
+    a = bs.BatchScope(tracker.fn("a", 0.01), max_batch_size=4, device=device)
+    b = bs.BatchScope(tracker.fn("b", 0.01), max_batch_size=4, device=device)
+    async with a, b, anyio.create_task_group() as tg:
+        tg.start_soon(_flood, a, 20)
+        tg.start_soon(_flood, b, 20)
+    assert tracker.most == 1
+    assert a.statistics().completed == b.statistics().completed == 20
+    stats = device.statistics()
+    assert stats.in_use == 0 and stats.waiting == 0
+    assert [share.batches for share in stats.scopes] == [5, 5]
+
+
+@virtual
+async def test_two_slots_run_two_batches_at_once() -> None:
+    """Device(slots=2) lets two scopes' batches run together, never three."""
+    tracker = Tracker()
+    device = bs.Device(slots=2)
+    scopes = [
+        bs.BatchScope(tracker.fn(name, 0.01), max_batch_size=4, device=device) for name in "abc"
+    ]
+    async with scopes[0], scopes[1], scopes[2], anyio.create_task_group() as tg:
+        for scope in scopes:
+            tg.start_soon(_flood, scope, 12)
+    assert tracker.most == 2
+    assert sum(share.batches for share in device.statistics().scopes) == 9
+
+
+@virtual
+async def test_equal_weights_share_equally_under_ten_to_one_load() -> None:
+    """Equal weights: a scope offered 10x the items gets the same share while both wait."""
+    tracker = Tracker()
+    device = bs.Device()
+    heavy = bs.BatchScope(tracker.fn("heavy", 0.002, 0.001), max_batch_size=16, device=device)
+    light = bs.BatchScope(tracker.fn("light", 0.002, 0.001), max_batch_size=16, device=device)
+    async with heavy, light, anyio.create_task_group() as tg:
+        tg.start_soon(_flood, heavy, 1600)
+        tg.start_soon(_flood, light, 160)
+    # While both were backlogged: up to the light scope's last batch.
+    last = max(i for i, (who, _) in enumerate(tracker.order) if who == "light")
+    share = _share(tracker.order[: last + 1], "light")
+    assert share == pytest.approx(0.5, abs=0.05)
+    assert light.statistics().completed == 160 and heavy.statistics().completed == 1600
+
+
+@virtual
+async def test_weights_three_to_one() -> None:
+    """Weights 3:1 give the scopes 3:1 of the device's work while both are backlogged."""
+    tracker = Tracker()
+    device = bs.Device()
+    a = bs.BatchScope(tracker.fn("a", 0.002, 0.001), max_batch_size=8, device=device, weight=3)
+    b = bs.BatchScope(tracker.fn("b", 0.002, 0.001), max_batch_size=8, device=device, weight=1)
+    async with a, b, anyio.create_task_group() as tg:
+        tg.start_soon(_flood, a, 800)
+        tg.start_soon(_flood, b, 800)
+    last = max(i for i, (who, _) in enumerate(tracker.order) if who == "a")
+    share = _share(tracker.order[: last + 1], "a")
+    assert share == pytest.approx(0.75, abs=0.03)
+    both = device.statistics().scopes
+    assert both[0].weight == 3 and both[1].weight == 1
+
+
+@virtual
+async def test_shares_count_cost_not_batches() -> None:
+    """With cost=, deficit round robin shares cost units: small items come in more batches."""
+    tracker = Tracker()
+    device = bs.Device()
+    big = bs.BatchScope(tracker.fn("big", 0.01), max_batch_size=8, cost=lambda x: 4, device=device)
+    small = bs.BatchScope(
+        tracker.fn("small", 0.01), max_batch_size=8, cost=lambda x: 1, device=device
+    )
+    async with big, small, anyio.create_task_group() as tg:
+        tg.start_soon(_flood, big, 400)
+        tg.start_soon(_flood, small, 1600)
+    shares = device.statistics().scopes
+    big_load, small_load = shares[0].load, shares[1].load
+    assert big_load == 1600 and small_load == 1600
+    # In the first half of the run both were backlogged: equal cost, not equal batches.
+    half = tracker.order[: len(tracker.order) // 2]
+    big_items = sum(size for who, size in half if who == "big")
+    small_items = sum(size for who, size in half if who == "small")
+    assert big_items * 4 == pytest.approx(small_items, rel=0.2)
+
+
+@virtual
+async def test_light_scope_waits_at_most_one_heavy_batch() -> None:
+    """A lone item of the light scope waits for the running heavy batch only, not the queue."""
+    device = bs.Device()
+    heavy_fn = FakeBatchFunction[int, int](delay=0.05)
+    light_fn = FakeBatchFunction[int, int](delay=0.01)
+    heavy = bs.BatchScope(heavy_fn, max_batch_size=8, device=device)
+    light = bs.BatchScope(light_fn, max_batch_size=8, max_wait=0.0, device=device)
+    async with heavy, light, anyio.create_task_group() as tg:
+        tg.start_soon(_flood, heavy, 400)
+        await anyio.sleep(0.125)  # mid-way through the third heavy batch
+        start = anyio.current_time()
+        assert await light.submit(1) == 1
+        assert anyio.current_time() - start == pytest.approx(0.025 + 0.01)
+        tg.cancel_scope.cancel()
+    assert light_fn.batches == [[1]]
+    assert light.statistics().completed == 1
+    assert device.statistics().scopes[1].wait_seconds == pytest.approx(0.025)
+
+
+@virtual
+async def test_aging_serves_a_tiny_weight() -> None:
+    """A scope of weight 0.01 is served within `aging` seconds however busy the other is."""
+    device = bs.Device(aging=0.2)
+    heavy_fn = FakeBatchFunction[int, int](delay=0.01)
+    tiny_fn = FakeBatchFunction[int, int](delay=0.01)
+    heavy = bs.BatchScope(heavy_fn, max_batch_size=1, device=device, weight=100)
+    tiny = bs.BatchScope(tiny_fn, max_batch_size=1, max_wait=0, device=device, weight=0.01)
+    async with heavy, tiny, anyio.create_task_group() as tg:
+        tg.start_soon(_flood, heavy, 2000)
+        await anyio.sleep(0.05)
+        start = anyio.current_time()
+        results = await tiny.submit_many(range(3))
+        assert results == [0, 1, 2]
+        assert anyio.current_time() - start <= 3 * (0.2 + 0.02)
+        tg.cancel_scope.cancel()
+    assert tiny.statistics().completed == 3
+
+
+@virtual
+async def test_chosen_scope_whose_callers_left_hands_the_slot_on() -> None:
+    """A scope chosen after its callers left gives the slot back: the other scope runs on."""
+    device = bs.Device()
+    a_fn = FakeBatchFunction[int, int](delay=0.05)
+    b_fn = FakeBatchFunction[int, int](delay=0.01)
+    a = bs.BatchScope(a_fn, max_batch_size=1, device=device)
+    b = bs.BatchScope(b_fn, max_batch_size=1, max_wait=0, device=device)
+    async with a, b, anyio.create_task_group() as tg:
+        tg.start_soon(a.submit, 1)
+        await anyio.sleep(0.01)
+        with anyio.move_on_after(0.01):
+            await b.submit(2)  # waits for the device, then leaves
+        tg.start_soon(a.submit, 3)
+        await anyio.lowlevel.checkpoint()
+    assert b_fn.batches == []
+    assert a_fn.batches == [[1], [3]]
+    assert b.statistics().cancelled == 1
+    assert device.statistics().in_use == 0
+
+
+@virtual
+async def test_scope_without_device_is_not_held_back() -> None:
+    """A scope without device= runs beside a busy device's scopes, as before."""
+    device = bs.Device()
+    busy = bs.BatchScope(FakeBatchFunction[int, int](delay=1.0), max_batch_size=1, device=device)
+    free_fn = FakeBatchFunction[int, int](delay=0.01)
+    free = bs.BatchScope(free_fn, max_wait=0)
+    async with busy, free, anyio.create_task_group() as tg:
+        tg.start_soon(_flood, busy, 3)
+        await anyio.sleep(0.1)
+        start = anyio.current_time()
+        assert await free.submit(5) == 5
+        assert anyio.current_time() - start == pytest.approx(0.01)
+        tg.cancel_scope.cancel()
+
+
+def test_device_refuses_a_scope_on_another_loop() -> None:
+    """A device used on one event loop raises RuntimeError for a scope on another."""
+    device = bs.Device()
+
+    async def use() -> None:
+        async with bs.BatchScope(FakeBatchFunction[int, int](), device=device) as scope:
+            await scope.submit(1)
+
+    anyio.run(use)
+    with pytest.raises(RuntimeError, match="another event loop"):
+        anyio.run(use)
+
+
+def test_device_options_are_checked() -> None:
+    """Bad device, weight and slot arguments raise at construction, naming the option."""
+    fake = FakeBatchFunction[int, int]()
+    with pytest.raises(TypeError, match="'device'"):
+        bs.BatchScope(fake, device=object())  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="'weight'"):
+        bs.BatchScope(fake, weight=2.0)
+    with pytest.raises(ValueError, match="'weight'"):
+        bs.BatchScope(fake, device=bs.Device(), weight=0)
+    with pytest.raises(TypeError, match="'weight'"):
+        bs.BatchScope(fake, device=bs.Device(), weight="1")  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="'slots'"):
+        bs.Device(slots=0)
+    with pytest.raises(ValueError, match="'aging'"):
+        bs.Device(aging=0)
+
+
+async def test_shared_device_real_clock(cpu_hog: object) -> None:
+    """On the real clock under load, two scopes on one device get every result, in turn."""
+    tracker = Tracker()
+    device = bs.Device()
+    a = bs.BatchScope(tracker.fn("a", 0.002), max_batch_size=8, device=device)
+    b = bs.BatchScope(tracker.fn("b", 0.002), max_batch_size=8, device=device, weight=2)
+    async with a, b:
+        results: list[object] = []
+        async with anyio.create_task_group() as tg:
+
+            async def run(scope: bs.BatchScope[int, int], n: int) -> None:
+                results.extend(await scope.submit_many(range(n)))
+
+            tg.start_soon(run, a, 200)
+            tg.start_soon(run, b, 200)
+    assert sorted(results, key=repr) == sorted(list(range(200)) * 2, key=repr)
+    assert tracker.most == 1
+    stats = device.statistics()
+    assert stats.in_use == 0 and stats.waiting == 0
+    assert sum(share.load for share in stats.scopes) == 400
+    assert a.statistics().completed == b.statistics().completed == 200
