@@ -104,6 +104,7 @@ class BlockingBatchScope(Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: None = None,
+        partition: Callable[[In], Hashable] | None = None,
     ) -> None: ...
 
     @overload
@@ -134,6 +135,7 @@ class BlockingBatchScope(Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out],
+        partition: Callable[[In], Hashable] | None = None,
     ) -> None: ...
 
     def __init__(
@@ -163,6 +165,7 @@ class BlockingBatchScope(Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out] | None = None,
+        partition: Callable[[In], Hashable] | None = None,
     ) -> None:
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"'backend' must be 'asyncio' or 'trio', got {backend!r}")
@@ -192,6 +195,7 @@ class BlockingBatchScope(Generic[In, Out]):
             key=key,
             hooks=hooks,
             collate=cast(Any, collate),
+            partition=partition,
         )
         self._backend = backend
         self._backend_options = backend_options

@@ -147,6 +147,10 @@ class ScopeConfig:
     cache: object = attrs.field(default=None)
     #: ``item -> Hashable`` cache key; also turns on in-flight deduplication.
     key: Callable[[Any], Hashable] | None = attrs.field(default=None, validator=_optional_callable)
+    #: ``item -> Hashable`` partition key: only items of one partition share a batch.
+    partition: Callable[[Any], Hashable] | None = attrs.field(
+        default=None, validator=_optional_callable
+    )
 
     def __attrs_post_init__(self) -> None:
         # Options that only make sense together.

@@ -440,6 +440,7 @@ def batch(
     key: Callable[[Any], Hashable] | None = None,
     hooks: Hooks | Sequence[Hooks] | None = None,
     collate: Collator[Any, Any] | None = None,
+    partition: Callable[[Any], Hashable] | None = None,
 ) -> _BatchDecorator:
     """
     Turn a batch function into one you call with one item at a time.
@@ -493,5 +494,6 @@ def batch(
             "key": key,
             "hooks": hooks,
             "collate": collate,
+            "partition": partition,
         }
     )

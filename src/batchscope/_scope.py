@@ -42,6 +42,7 @@ from ._executor import BatchFunction, Collator, Executor, check_collator
 from ._hooks import HookRunner, Hooks, RateLimitedLog
 from ._items import Item, WaitedItem
 from ._map import MapIterator, gather
+from ._partitions import PartitionedPool
 from ._pending import FifoPool, Pool, PriorityPool
 from ._resilience import BreakerState, CircuitBreaker, RateLimit, Retry, TokenBucket
 from ._room import Room
@@ -162,6 +163,13 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         collate: A :class:`Collator` that turns the item list into fn's input (say, one
             padded array) and fn's output back into per-item results
             (:mod:`batchscope.arrays` has collators for NumPy, CuPy and PyTorch).
+        partition: ``item -> hashable`` partition key (say ``lambda r: r.model``): only
+            items of one partition share a batch, and fn reads the key as
+            ``current_batch().partition``. Each partition has its own ``max_wait`` timer
+            and cost budget; partitions share the executor slots, the most overdue first.
+            An error in it fails that item with ``ValueError`` (an unhashable key:
+            ``TypeError``). Statistics per partition: ``statistics().partitions``.
+            (Added in 0.2.0.)
 
     Raises:
         TypeError: *fn* is not callable, or an option has the wrong type.
@@ -196,6 +204,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: None = None,
+        partition: Callable[[In], Hashable] | None = None,
     ) -> None: ...
 
     @overload
@@ -224,6 +233,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out],
+        partition: Callable[[In], Hashable] | None = None,
     ) -> None: ...
 
     def __init__(
@@ -251,6 +261,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out] | None = None,
+        partition: Callable[[In], Hashable] | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"'fn' must be callable, not {type(fn).__name__}")
@@ -278,6 +289,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             rate_limit=rate_limit,
             cache=cache,
             key=key,
+            partition=partition,
         )
         fn_name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         log = RateLimitedLog()
@@ -359,6 +371,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 engine.hooks.call("scope_closed", self)
 
     def _new_pool(self) -> Pool:
+        config = self._engine.config
+        if config.partition is not None:
+            return PartitionedPool(self._policy_pool, self._engine.recorder.partitions)
+        return self._policy_pool()
+
+    def _policy_pool(self) -> Pool:
         config = self._engine.config
         if config.policy == "length":
             return LengthPool()
