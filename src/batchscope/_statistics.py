@@ -80,6 +80,7 @@ class PartitionCounts:
         if entry is None:
             if len(counts) >= TRACKED_PARTITIONS:
                 self._fold(TRACKED_PARTITIONS // 2)
+                counts = self._counts
             entry = counts[key] = [0, 0]
         entry[0] += 1
         entry[1] += size
