@@ -195,7 +195,7 @@ async def test_a_failing_partition_function_with_a_key_leaves_no_inflight_entry(
 
     fake = FakeBatchFunction[str, str]()
     async with bs.BatchScope(fake, max_wait=0.01, key=str, partition=partition) as scope:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="flaky"):
             await scope.submit("a1")
         assert await scope.submit("a1") == "a1"
     assert fake.batches == [["a1"]]
