@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from typing import Any, Literal, cast
 
 import anyio
 import pytest
@@ -173,7 +174,9 @@ async def test_a_failing_partition_function_fails_that_item_alone() -> None:
 async def test_an_unhashable_partition_key_fails_that_item() -> None:
     """A partition key that cannot be hashed refuses its item with TypeError."""
     fake = FakeBatchFunction[str, str]()
-    async with bs.BatchScope(fake, max_wait=0.01, partition=lambda item: [item]) as scope:
+    async with bs.BatchScope(
+        fake, max_wait=0.01, partition=cast(Any, lambda item: [item])
+    ) as scope:
         with pytest.raises(TypeError, match="hashable key, got list"):
             await scope.submit("a1")
         assert scope.statistics().pending == 0
@@ -220,7 +223,7 @@ def test_partition_statistics_keep_the_busiest_and_sum_the_rest() -> None:
 
 def _item(value: str, arrival: float) -> CallbackItem[str, str]:
     """A pooled item of partition ``value[0]`` (never ended in these tests)."""
-    item = CallbackItem(value, 0, 1.0, arrival, math.inf, 0, lambda _: None)
+    item: CallbackItem[str, str] = CallbackItem(value, 0, 1.0, arrival, math.inf, 0, lambda _: None)
     item.partition = value[0]
     return item
 
@@ -278,7 +281,7 @@ async def test_every_item_in_one_batch_of_one_partition_within_budget(
     max_batch_size: int,
     budget: int | None,
     concurrency: int,
-    policy: str,
+    policy: Literal["fifo", "priority", "length"],
 ) -> None:
     """Random traffic: every item runs once, each batch holds one key, budgets hold."""
     batches: list[tuple[Hashable, list[tuple[int, str, int]]]] = []
@@ -302,7 +305,7 @@ async def test_every_item_in_one_batch_of_one_partition_within_budget(
             cost=lambda item: item[2],
             max_batch_cost=budget,
             cost_mode="sum",
-            policy=policy,  # type: ignore[arg-type]
+            policy=policy,
             partition=lambda item: item[1],
         ) as scope,
         anyio.create_task_group() as tg,
