@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     # pools and policies
     "_pending": 2,
     "_bucketing": 2,
+    "_partitions": 2,
     # the engine: shared state, scheduler, executor, cache front, map
     "_engine": 3,
     "_scheduler": 3,

@@ -11,7 +11,8 @@ lower ones (``tests/test_layers.py`` holds them to it):
    events, counters (``_statistics``), the queue bound (``_room``);
 2. items: the per-item record and its states (``_items``), how a caller parks
    (``_completion``, ``_trio``, ``_asyncio``);
-3. pools and policies: FIFO and priority (``_pending``), length buckets (``_bucketing``);
+3. pools and policies: FIFO and priority (``_pending``), length buckets (``_bucketing``),
+   one pool per partition key (``_partitions``);
 4. the engine: the state the parts share and the admission protocol (``_engine``), the
    scheduler, the executor, the cache front, ``submit_many``/``map``;
 5. the façade: ``BatchScope`` (``_scope``: lifetime and the documented API), the
@@ -53,6 +54,7 @@ from ._resilience import RateLimit as RateLimit
 from ._resilience import Retry as Retry
 from ._scope import BatchScope as BatchScope
 from ._statistics import BatchStatistics as BatchStatistics
+from ._statistics import PartitionStatistics as PartitionStatistics
 from ._statistics import Percentiles as Percentiles
 
 __all__ = [
@@ -79,6 +81,7 @@ __all__ = [
     "ItemTooLargeError",
     "MapIterator",
     "NoActiveScopeError",
+    "PartitionStatistics",
     "Percentiles",
     "QueueFullError",
     "RateLimit",

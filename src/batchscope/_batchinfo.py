@@ -101,7 +101,7 @@ def current_batch() -> BatchInfo:
 
 def using(items: Sequence[Item[Any, Any]], reason: ReleaseReason) -> contextvars.Token[BatchInfo]:
     """Make *items* the current batch (the executor resets the returned token after)."""
-    return _CURRENT.set(BatchInfo(len(items), reason, _Alive(items)))
+    return _CURRENT.set(BatchInfo(len(items), reason, _Alive(items), items[0].partition))
 
 
 def reset(token: contextvars.Token[BatchInfo]) -> None:

@@ -107,6 +107,7 @@ class BlockingBatchScope(Generic[In, Out]):
         collate: None = None,
         device: Device | None = None,
         weight: float = 1.0,
+        partition: Callable[[In], Hashable] | None = None,
     ) -> None: ...
 
     @overload
@@ -139,6 +140,7 @@ class BlockingBatchScope(Generic[In, Out]):
         collate: Collator[In, Out],
         device: Device | None = None,
         weight: float = 1.0,
+        partition: Callable[[In], Hashable] | None = None,
     ) -> None: ...
 
     def __init__(
@@ -170,6 +172,7 @@ class BlockingBatchScope(Generic[In, Out]):
         collate: Collator[In, Out] | None = None,
         device: Device | None = None,
         weight: float = 1.0,
+        partition: Callable[[In], Hashable] | None = None,
     ) -> None:
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"'backend' must be 'asyncio' or 'trio', got {backend!r}")
@@ -201,6 +204,7 @@ class BlockingBatchScope(Generic[In, Out]):
             collate=cast(Any, collate),
             device=device,
             weight=weight,
+            partition=partition,
         )
         self._backend = backend
         self._backend_options = backend_options

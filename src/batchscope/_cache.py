@@ -389,7 +389,7 @@ class CacheFront(Generic[In, Out]):
             item, priority, cost, engine.clock(), deadline, engine.new_signal()
         )
         waited.key = key
+        engine.queue(waited)
         if self._key_fn is not None:
             self._inflight[key] = waited
-        engine.queue(waited)
         return await engine.wait(waited)

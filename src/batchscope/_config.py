@@ -158,6 +158,10 @@ class ScopeConfig:
     device: object = attrs.field(default=None)
     #: The scope's share of its device relative to the others' (``device=``).
     weight: float = attrs.field(default=1.0, validator=_weight)
+    #: ``item -> Hashable`` partition key: only items of one partition share a batch.
+    partition: Callable[[Any], Hashable] | None = attrs.field(
+        default=None, validator=_optional_callable
+    )
 
     def __attrs_post_init__(self) -> None:
         # Options that only make sense together.

@@ -443,6 +443,7 @@ def batch(
     collate: Collator[Any, Any] | None = None,
     device: Device | None = None,
     weight: float = 1.0,
+    partition: Callable[[Any], Hashable] | None = None,
 ) -> _BatchDecorator:
     """
     Turn a batch function into one you call with one item at a time.
@@ -498,5 +499,6 @@ def batch(
             "collate": collate,
             "device": device,
             "weight": weight,
+            "partition": partition,
         }
     )

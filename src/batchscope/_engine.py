@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import anyio
@@ -197,6 +197,23 @@ class Engine(Generic[In, Out]):
             )
         return cost
 
+    @staticmethod
+    def partition_of(value: In, partition_fn: Callable[[In], Hashable]) -> Hashable:
+        """The item's partition key by *partition_fn*, checked; raises for this item."""
+        try:
+            key: object = partition_fn(value)
+        except Exception as exc:
+            raise ValueError(
+                f"the 'partition' function raised {type(exc).__name__} for this item: {exc}"
+            ) from exc
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(
+                f"the 'partition' function must return a hashable key, got {type(key).__name__}"
+            ) from None
+        return key
+
     def price(self, value: In, count: bool) -> float:
         """
         Count a submit (if *count*) and price its item; raises if it cannot be queued.
@@ -266,7 +283,20 @@ class Engine(Generic[In, Out]):
             self.hooks.call("item_rejected", reason)
 
     def queue(self, item: Item[In, Out]) -> None:
-        """Send an admitted item to the scheduler."""
+        """
+        Send an admitted item to the scheduler, with its partition key (``partition=``).
+
+        A partition function that raises, or returns an unhashable key, refuses this
+        item alone: its room is given back and the error raised to its caller.
+        """
+        partition_fn = self.config.partition
+        if partition_fn is not None:
+            try:
+                item.partition = self.partition_of(item.value, partition_fn)
+            except Exception:
+                self.room.release()
+                self.reject("bad_partition")
+                raise
         self.recorder.pending += 1
         self.send.send_nowait(item)
 

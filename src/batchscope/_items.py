@@ -24,7 +24,7 @@ sees the new state and does nothing, which is what makes completion exactly-once
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -89,6 +89,7 @@ class Item(ABC, Generic[In, Out]):
         "error_tb",
         "followers",
         "key",
+        "partition",
         "priority",
         "result",
         "signal",
@@ -129,6 +130,8 @@ class Item(ABC, Generic[In, Out]):
         #: Callers deduplicated onto this item (None until one joins): the event a
         #: ``submit`` caller parks on, or the FOLLOWING item of ``submit_many``/``map``.
         self.followers: list[anyio.Event | CallbackItem[In, Out]] | None = None
+        #: The item's partition key (``partition(value)``; None when the scope has none).
+        self.partition: Hashable = None
 
     def succeed(self, result: Out) -> None:
         """End the item with *result* (the caller checked that it was still live)."""

@@ -85,9 +85,14 @@ async def _enqueue(
         return item
     item = CallbackItem(value, 0, cost, engine.clock(), deadline, index, callback)
     item.key = key
+    try:
+        engine.queue(item)
+    except (ValueError, TypeError) as exc:  # the partition function: this item alone
+        item.waiters = 0  # refused: counted as rejected, never as an outcome
+        item.fail(exc)
+        return item
     if front is not None:
         front.register(item)
-    engine.queue(item)
     return item
 
 

@@ -43,6 +43,7 @@ from ._executor import BatchFunction, Collator, Executor, check_collator
 from ._hooks import HookRunner, Hooks, RateLimitedLog
 from ._items import Item, WaitedItem
 from ._map import MapIterator, gather
+from ._partitions import PartitionedPool
 from ._pending import FifoPool, Pool, PriorityPool
 from ._resilience import BreakerState, CircuitBreaker, RateLimit, Retry, TokenBucket
 from ._room import Room
@@ -169,6 +170,13 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         weight: With ``device``, this scope's share of the device relative to the
             others' (0.01 to 100): while all are backlogged, shares of the device's work
             follow the weights.
+        partition: ``item -> hashable`` partition key (say ``lambda r: r.model``): only
+            items of one partition share a batch, and fn reads the key as
+            ``current_batch().partition``. Each partition has its own ``max_wait`` timer
+            and cost budget; partitions share the executor slots, the most overdue first.
+            An error in it fails that item with ``ValueError`` (an unhashable key:
+            ``TypeError``). Statistics per partition: ``statistics().partitions``.
+            (Added in 0.2.0.)
 
     Raises:
         TypeError: *fn* is not callable, or an option has the wrong type.
@@ -205,6 +213,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         collate: None = None,
         device: Device | None = None,
         weight: float = 1.0,
+        partition: Callable[[In], Hashable] | None = None,
     ) -> None: ...
 
     @overload
@@ -235,6 +244,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         collate: Collator[In, Out],
         device: Device | None = None,
         weight: float = 1.0,
+        partition: Callable[[In], Hashable] | None = None,
     ) -> None: ...
 
     def __init__(
@@ -264,6 +274,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         collate: Collator[In, Out] | None = None,
         device: Device | None = None,
         weight: float = 1.0,
+        partition: Callable[[In], Hashable] | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"'fn' must be callable, not {type(fn).__name__}")
@@ -293,6 +304,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             key=key,
             device=device,
             weight=weight,
+            partition=partition,
         )
         if not isinstance(cast(object, device), Device | None):
             raise TypeError(f"'device' must be a bs.Device(...), not {type(device).__name__}")
@@ -384,6 +396,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 engine.hooks.call("scope_closed", self)
 
     def _new_pool(self) -> Pool:
+        config = self._engine.config
+        if config.partition is not None:
+            return PartitionedPool(self._policy_pool, self._engine.recorder.partitions)
+        return self._policy_pool()
+
+    def _policy_pool(self) -> Pool:
         config = self._engine.config
         if config.policy == "length":
             return LengthPool()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from types import MappingProxyType
 from typing import final, get_args
 
@@ -19,12 +19,95 @@ import attrs
 
 from ._hooks import ReleaseReason
 
-__all__ = ["SAMPLES", "BatchStatistics", "Percentiles", "Recorder"]
+__all__ = [
+    "OTHER_PARTITIONS",
+    "SAMPLES",
+    "TOP_PARTITIONS",
+    "BatchStatistics",
+    "PartitionCounts",
+    "PartitionStatistics",
+    "Percentiles",
+    "Recorder",
+]
 
 #: How many recent items the latency and queue-wait percentiles are computed over.
 SAMPLES = 10_000
 
 RELEASE_REASONS: tuple[ReleaseReason, ...] = get_args(ReleaseReason)
+
+#: ``statistics().partitions`` shows this many partitions, the busiest (by items) ...
+TOP_PARTITIONS = 16
+#: ... and sums every other one under this key.
+OTHER_PARTITIONS = "(other)"
+#: The counters follow at most this many partitions; past it, the least busy half are
+#: summed into :data:`OTHER_PARTITIONS` for good (one that comes back counts afresh).
+TRACKED_PARTITIONS = 4 * TOP_PARTITIONS
+
+
+@final
+@attrs.frozen
+class PartitionStatistics:
+    """
+    One partition's share of a scope's batches (``BatchStatistics.partitions``).
+
+    .. versionadded:: 0.2.0
+    """
+
+    #: Batches dispatched from this partition.
+    batches: int
+    #: Items in them.
+    items: int
+
+    @property
+    def mean_batch_size(self) -> float:
+        """Mean items per batch (0.0 before the first batch)."""
+        return self.items / self.batches if self.batches else 0.0
+
+
+class PartitionCounts:
+    """Batches and items per partition key, with bounded memory (see TRACKED_PARTITIONS)."""
+
+    __slots__ = ("_counts", "_other")
+
+    def __init__(self) -> None:
+        self._counts: dict[Hashable, list[int]] = {}
+        self._other = [0, 0]
+
+    def record(self, key: Hashable, size: int) -> None:
+        """Count one dispatched batch of *size* items from partition *key*."""
+        counts = self._counts
+        entry = counts.get(key)
+        if entry is None:
+            if len(counts) >= TRACKED_PARTITIONS:
+                self._fold(TRACKED_PARTITIONS // 2)
+                counts = self._counts
+            entry = counts[key] = [0, 0]
+        entry[0] += 1
+        entry[1] += size
+
+    def _fold(self, keep: int) -> None:
+        """Sum all but the *keep* busiest partitions into the other bucket."""
+        ranked = sorted(self._counts.items(), key=lambda pair: pair[1][1], reverse=True)
+        other = self._other
+        for _, (batches, items) in ranked[keep:]:
+            other[0] += batches
+            other[1] += items
+        self._counts = dict(ranked[:keep])
+
+    def snapshot(self) -> Mapping[Hashable, PartitionStatistics]:
+        """The busiest :data:`TOP_PARTITIONS` and the rest summed, read-only."""
+        ranked = sorted(self._counts.items(), key=lambda pair: pair[1][1], reverse=True)
+        shown: dict[Hashable, PartitionStatistics] = {
+            key: PartitionStatistics(batches, items)
+            for key, (batches, items) in ranked[:TOP_PARTITIONS]
+        }
+        batches, items = self._other
+        for _, (more_batches, more_items) in ranked[TOP_PARTITIONS:]:
+            batches += more_batches
+            items += more_items
+        if batches:
+            shown[OTHER_PARTITIONS] = PartitionStatistics(batches, items)
+        return MappingProxyType(shown)
 
 
 @final
@@ -116,6 +199,10 @@ class BatchStatistics:
     #: Times the scheduler task woke up (an arrival, a timer, a freed slot); an idle
     #: scope adds none.
     scheduler_wakeups: int
+    #: With ``partition=``: batches and items per partition key, for the busiest
+    #: ``16`` partitions (by items), every other one summed under the key ``"(other)"``;
+    #: empty without ``partition``. Read-only. (Added in 0.2.0.)
+    partitions: Mapping[Hashable, PartitionStatistics] = attrs.field(hash=False)
 
 
 @attrs.define(eq=False)
@@ -147,6 +234,7 @@ class Recorder:
     reasons: dict[ReleaseReason, int] = attrs.Factory(lambda: dict.fromkeys(RELEASE_REASONS, 0))
     queue_waits: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
     latencies: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
+    partitions: PartitionCounts = attrs.Factory(PartitionCounts)
 
     def snapshot(self) -> BatchStatistics:
         """Freeze the counters into a :class:`BatchStatistics`."""
@@ -179,4 +267,5 @@ class Recorder:
             retries=self.retries,
             isolation_calls=self.isolation_calls,
             scheduler_wakeups=self.scheduler_wakeups,
+            partitions=self.partitions.snapshot(),
         )
