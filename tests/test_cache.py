@@ -450,7 +450,7 @@ async def test_identical_keys_waiting_for_room_are_computed_once(entry: str) -> 
         async def call(value: int) -> int:
             if entry == "submit":
                 return await scope.submit(value)
-            return (await scope.submit_many([value]))[0]
+            return cast(int, (await scope.submit_many([value]))[0])
 
         results: list[int] = []
 

@@ -15,6 +15,8 @@ whether and when its results came back, and the items it returned a transient er
 
 from __future__ import annotations
 
+import functools
+import itertools
 import random
 import threading
 import time
@@ -335,15 +337,15 @@ def mixed(
             async def submit(value: int, priority: int = priority) -> int:
                 return await scope.submit(value, priority=priority)
 
-            callers.append(lambda who, value=group[0], call=submit: who.one(value, call))
+            callers.append(functools.partial(Callers.one, value=group[0], call=submit))
         elif kind < 0.8:
 
             async def submit_many(group: list[int]) -> list[Any]:
                 return await scope.submit_many(group, return_exceptions=True)
 
-            callers.append(lambda who, group=group, call=submit_many: who.many(group, call))
+            callers.append(functools.partial(Callers.many, values=group, call=submit_many))
         else:
-            callers.append(lambda who, group=group: who.map(scope, group))
+            callers.append(functools.partial(Callers.map, scope=scope, values=group))
     return callers
 
 
@@ -519,9 +521,9 @@ async def test_decorator_chaos_keeps_every_promise(seed: int, cpu_hog: Any) -> N
     callers: list[Callable[[Callers], Awaitable[None]]] = []
     for value in repeating(rng, 100, 40):
         if rng.random() < 0.7:
-            callers.append(lambda who, value=value: who.one(value, batched))
+            callers.append(functools.partial(Callers.one, value=value, call=batched))
         else:
-            callers.append(lambda who, value=value: who.many([value, value + 40], many))
+            callers.append(functools.partial(Callers.many, values=[value, value + 40], call=many))
     with anyio.fail_after(HANG):
         async with batched.serving() as scope:
             await race(ledger, cpu_hog, callers)
