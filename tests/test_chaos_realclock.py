@@ -444,6 +444,16 @@ async def test_sync_fn_chaos_keeps_every_promise(seed: int, cpu_hog: Any) -> Non
     assert chaos.calls and stats.completed > 0, (seed, stats)
 
 
+def same(value: int) -> int:
+    """The dedup and cache key of an item: itself."""
+    return value
+
+
+def cost_of(value: int) -> int:
+    """An item's cost, for length buckets."""
+    return 1 + value % 5
+
+
 def repeating(rng: random.Random, count: int, distinct: int) -> list[int]:
     """*count* items drawn from *distinct* values: identical items pending together."""
     return [rng.randrange(distinct) for _ in range(count)]
@@ -460,9 +470,9 @@ async def test_sync_cache_and_dedup_chaos_keeps_every_promise(seed: int, cpu_hog
             chaos.async_fn,
             **chaos_options(rng, chaos),
             cache=cachetools.LRUCache[Any, Any](maxsize=1000),
-            key=lambda value: value,
+            key=same,
             policy="length",
-            cost=lambda value: 1 + value % 5,
+            cost=cost_of,
             max_batch_cost=20,
         ) as scope:
             await race(ledger, cpu_hog, mixed(scope, repeating(rng, 120, 30), rng))
@@ -497,7 +507,7 @@ async def test_slow_async_cache_and_dedup_chaos_keeps_every_promise(
             chaos.sync_fn,
             **chaos_options(rng, chaos),
             cache=SlowCache(),
-            key=lambda value: value,
+            key=same,
             max_queue_size=6,
             on_full="wait",
         ) as scope:
