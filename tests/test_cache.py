@@ -437,3 +437,32 @@ async def test_an_unhashable_key_fails_its_item_of_submit_many_alone() -> None:
     assert outcomes[0] == 1 and outcomes[2] == 3
     with pytest.raises(TypeError, match="the 'key' function must return a hashable key, got list"):
         raise cast(TypeError, outcomes[1])
+
+
+@pytest.mark.parametrize("entry", ["submit", "submit_many"])
+async def test_identical_keys_waiting_for_room_are_computed_once(entry: str) -> None:
+    """Identical items that both waited for room in a full queue are computed once."""
+    fake = FakeBatchFunction[int, int](lambda x: x * 10, delay=0.01)
+    async with bs.BatchScope(
+        fake, max_batch_size=4, max_wait=0.01, max_queue_size=1, key=lambda x: x
+    ) as scope:
+
+        async def call(value: int) -> int:
+            if entry == "submit":
+                return await scope.submit(value)
+            return cast(int, (await scope.submit_many([value]))[0])
+
+        results: list[int] = []
+
+        async def caller(value: int) -> None:
+            results.append(await call(value))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller, 0)  # takes the only place in the queue
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(caller, 1)  # both wait for room
+            tg.start_soon(caller, 1)
+        stats = scope.statistics()
+    assert sorted(results) == [0, 10, 10]
+    assert fake.batches == [[0], [1]]
+    assert (stats.submitted, stats.completed, stats.deduplicated) == (3, 3, 1)

@@ -370,26 +370,30 @@ class CacheFront(Generic[In, Out]):
             return cast(Out, hit)
         deadline = engine.deadline()
         leader = self.leader(key)
-        if leader is not None:
-            # Someone is computing this key already: wait for the same item.
-            recorder.deduplicated += 1
-            leader.waiters += 1
-            if leader.state == RUNNING:
-                recorder.running += 1
-            else:
-                recorder.pending += 1
-            if deadline > leader.deadline:
-                leader.deadline = deadline
-                # Set aside for the first caller's deadline? This one can wait longer.
-                engine.scheduler.revive_now(leader)
-            # A follower parks on an event of its own, whatever kind of item leads.
-            return await engine.wait(cast("WaitedItem[In, Out]", leader), follower=True)
-        cost = await engine.admit(item, count=False)
-        waited = engine.item_type(
-            item, priority, cost, engine.clock(), deadline, engine.new_signal()
-        )
-        waited.key = key
-        engine.queue(waited)
-        if self._key_fn is not None:
-            self._inflight[key] = waited
-        return await engine.wait(waited)
+        if leader is None:
+            cost = await engine.admit(item, count=False)
+            # While this call waited for room, an identical one may have been queued.
+            leader = self.leader(key)
+            if leader is None:
+                waited = engine.item_type(
+                    item, priority, cost, engine.clock(), deadline, engine.new_signal()
+                )
+                waited.key = key
+                engine.queue(waited)
+                if self._key_fn is not None:
+                    self._inflight[key] = waited
+                return await engine.wait(waited)
+            engine.room.release()
+        # Someone is computing this key already: wait for the same item.
+        recorder.deduplicated += 1
+        leader.waiters += 1
+        if leader.state == RUNNING:
+            recorder.running += 1
+        else:
+            recorder.pending += 1
+        if deadline > leader.deadline:
+            leader.deadline = deadline
+            # Set aside for the first caller's deadline? This one can wait longer.
+            engine.scheduler.revive_now(leader)
+        # A follower parks on an event of its own, whatever kind of item leads.
+        return await engine.wait(cast("WaitedItem[In, Out]", leader), follower=True)

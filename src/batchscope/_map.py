@@ -78,6 +78,12 @@ async def _enqueue(
             if follower is not None:
                 return follower
         cost = await engine.admit(value, count=not counted)
+        if front is not None:
+            # While this item waited for room, an identical one may have been queued.
+            follower = front.follow(value, key, index, deadline, callback)
+            if follower is not None:
+                engine.room.release()
+                return follower
     except (BatchScopeError, ValueError, TypeError) as exc:
         item = CallbackItem(value, 0, 0.0, 0.0, deadline, index, callback)
         item.waiters = 0  # refused: counted as rejected (or not at all), never as an outcome
