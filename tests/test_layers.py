@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "_bucketing": 2,
     # the engine: shared state, scheduler, executor, cache front, map
     "_engine": 3,
+    "_admission": 3,
     "_scheduler": 3,
     "_executor": 3,
     "_cache": 3,
@@ -47,7 +48,7 @@ LAYERS: dict[str, int] = {
     "__init__": 4,
 }
 #: Beside the layers: they use the public surface (façade and values), never the engine.
-BESIDE = ("arrays", "ray", "metrics", "testing", "_demo", "__main__")
+BESIDE = ("arrays", "ray", "metrics", "testing", "_demo", "__main__", "asgi")
 #: The one allowed exception: the public hook signature ``Hooks.scope_opened(scope)``.
 ALLOWED = {("_hooks", "_scope")}
 

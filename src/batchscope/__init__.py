@@ -35,6 +35,7 @@ from ._decorator import batch as batch
 from ._exceptions import BatchScopeError as BatchScopeError
 from ._exceptions import BatchSizeMismatchError as BatchSizeMismatchError
 from ._exceptions import CircuitOpenError as CircuitOpenError
+from ._exceptions import DeadlineUnmeetableError as DeadlineUnmeetableError
 from ._exceptions import ItemTooLargeError as ItemTooLargeError
 from ._exceptions import NoActiveScopeError as NoActiveScopeError
 from ._exceptions import QueueFullError as QueueFullError
@@ -69,6 +70,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "Collator",
+    "DeadlineUnmeetableError",
     "Hooks",
     "ItemTooLargeError",
     "MapIterator",

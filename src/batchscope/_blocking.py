@@ -24,7 +24,7 @@ import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._cache import AsyncCache
-from ._config import CostMode, OnFull, Oversize, Policy, to_seconds
+from ._config import Admission, CostMode, OnFull, Oversize, Policy, to_seconds
 from ._exceptions import NoActiveScopeError, ScopeClosedError
 from ._executor import BatchFunction, Collator
 from ._hooks import Hooks
@@ -104,6 +104,7 @@ class BlockingBatchScope(Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: None = None,
+        admission: Admission = "queue",
     ) -> None: ...
 
     @overload
@@ -134,6 +135,7 @@ class BlockingBatchScope(Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out],
+        admission: Admission = "queue",
     ) -> None: ...
 
     def __init__(
@@ -163,6 +165,7 @@ class BlockingBatchScope(Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out] | None = None,
+        admission: Admission = "queue",
     ) -> None:
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"'backend' must be 'asyncio' or 'trio', got {backend!r}")
@@ -192,6 +195,7 @@ class BlockingBatchScope(Generic[In, Out]):
             key=key,
             hooks=hooks,
             collate=cast(Any, collate),
+            admission=admission,
         )
         self._backend = backend
         self._backend_options = backend_options

@@ -35,7 +35,7 @@ from datetime import timedelta
 from typing import Any, Generic, Literal, TypeVar, cast, final, overload
 
 from ._cache import AsyncCache, namespaced
-from ._config import CostMode, OnFull, Oversize, Policy
+from ._config import Admission, CostMode, OnFull, Oversize, Policy
 from ._exceptions import NoActiveScopeError
 from ._executor import Collator
 from ._hooks import Hooks
@@ -440,6 +440,7 @@ def batch(
     key: Callable[[Any], Hashable] | None = None,
     hooks: Hooks | Sequence[Hooks] | None = None,
     collate: Collator[Any, Any] | None = None,
+    admission: Admission = "queue",
 ) -> _BatchDecorator:
     """
     Turn a batch function into one you call with one item at a time.
@@ -493,5 +494,6 @@ def batch(
             "key": key,
             "hooks": hooks,
             "collate": collate,
+            "admission": admission,
         }
     )

@@ -44,8 +44,11 @@ ReleaseReason = Literal["size", "cost", "timer", "deadline", "drain"]
 #: (``on_full="reject"``), ``closed`` (the scope is closed or closing), ``too_large``
 #: (``oversize="reject"``), ``bad_cost`` (``cost`` raised or returned no valid number),
 #: ``bad_key`` (``key`` raised or returned something unhashable), ``circuit_open`` (the
-#: circuit breaker is open).
-RejectReason = Literal["queue_full", "closed", "too_large", "bad_cost", "bad_key", "circuit_open"]
+#: circuit breaker is open), ``deadline`` (``admission="deadline"``: the caller's deadline
+#: cannot be met).
+RejectReason = Literal[
+    "queue_full", "closed", "too_large", "bad_cost", "bad_key", "circuit_open", "deadline"
+]
 
 #: How a batch ended: ``ok`` (every item got a result), ``partial`` (some items failed
 #: alone), ``failed`` (fn raised, or a wrong result count, for the whole batch),
@@ -111,7 +114,7 @@ class Hooks:
 
     def item_rejected(self, reason: RejectReason) -> None:
         """A submit was refused before queueing: ``queue_full``, ``closed``,
-        ``too_large``, ``bad_cost``, ``bad_key``, ``circuit_open``."""
+        ``too_large``, ``bad_cost``, ``bad_key``, ``circuit_open``, ``deadline``."""
 
     def item_cancelled(self, dispatched: bool) -> None:
         """A caller left before its item ended (before or after dispatch)."""

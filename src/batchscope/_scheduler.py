@@ -298,6 +298,8 @@ class Scheduler(Generic[In, Out]):
                     limit = 1  # one trial batch at a time
                 # Only a pool with items needs limits (an empty one is never due).
                 limits = self._limits() if pool.live else None
+                if limits is not None and self._held():
+                    limit = 0  # an upstream said "slow down": dispatch nothing until then
                 if limits is not None and recorder.in_flight < limit:
                     now = engine.clock()
                     while recorder.in_flight < limit:
@@ -313,7 +315,7 @@ class Scheduler(Generic[In, Out]):
 
                 # While every slot is busy, a finished batch wakes us: no timer.
                 if limits is None or recorder.in_flight >= limit:
-                    due = math.inf
+                    due = math.inf if limit else engine.paused_until
                 else:
                     due = pool.due_at(limits)
                 if limbo:
@@ -349,6 +351,17 @@ class Scheduler(Generic[In, Out]):
                         self.lateness = max(late, self.lateness * LATENESS_DECAY)
                 if limbo:
                     self._revive(limbo)
+
+    def _held(self) -> bool:
+        """Whether dispatch is held for an upstream's ``retry_after`` (see _admission)."""
+        engine = self._engine
+        until = engine.paused_until
+        if until == -math.inf:
+            return False
+        if until > engine.clock():
+            return True
+        engine.paused_until = -math.inf
+        return False
 
     async def _gather(self) -> None:
         """

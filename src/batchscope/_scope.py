@@ -36,7 +36,7 @@ from anyio.abc import TaskGroup
 from ._bucketing import LengthPool
 from ._cache import AsyncCache, CacheFront
 from ._completion import loop_calls
-from ._config import CostMode, OnFull, Oversize, Policy, ScopeConfig, check_int
+from ._config import Admission, CostMode, OnFull, Oversize, Policy, ScopeConfig, check_int
 from ._engine import Engine, ScopeState
 from ._executor import BatchFunction, Collator, Executor, check_collator
 from ._hooks import HookRunner, Hooks, RateLimitedLog
@@ -162,6 +162,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         collate: A :class:`Collator` that turns the item list into fn's input (say, one
             padded array) and fn's output back into per-item results
             (:mod:`batchscope.arrays` has collators for NumPy, CuPy and PyTorch).
+        admission: ``"queue"``: every submit there is room for is queued.
+            ``"deadline"``: a submit whose caller has a deadline (``anyio.fail_after``
+            around it) is refused at once with :class:`DeadlineUnmeetableError` (its
+            ``retry_after`` says when to try again) when the backlog ahead of it and the
+            fitted model of batch run time say it cannot finish in time, instead of
+            queueing work that would be thrown away.
 
     Raises:
         TypeError: *fn* is not callable, or an option has the wrong type.
@@ -196,6 +202,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: None = None,
+        admission: Admission = "queue",
     ) -> None: ...
 
     @overload
@@ -224,6 +231,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out],
+        admission: Admission = "queue",
     ) -> None: ...
 
     def __init__(
@@ -251,6 +259,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         key: Callable[[In], Hashable] | None = None,
         hooks: Hooks | Sequence[Hooks] | None = None,
         collate: Collator[In, Out] | None = None,
+        admission: Admission = "queue",
     ) -> None:
         if not callable(fn):
             raise TypeError(f"'fn' must be callable, not {type(fn).__name__}")
@@ -278,6 +287,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             rate_limit=rate_limit,
             cache=cache,
             key=key,
+            admission=admission,
         )
         fn_name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         log = RateLimitedLog()
@@ -458,7 +468,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         # path).
         cost = engine.price(item, True)
         if not engine.room.take_nowait():
-            await engine.wait_for_room()
+            await engine.wait_for_room(cost)
         waited: WaitedItem[In, Out] = engine.item_type(
             item, priority, cost, engine.clock(), engine.deadline(), engine.new_signal()
         )
