@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import batchscope as bs
+import batchscope.asgi as bs_asgi
 
 #: Length of every embedding vector.
 DIM = 16
@@ -163,32 +164,47 @@ def statistics_json(stats: bs.BatchStatistics) -> dict[str, Any]:
 
 
 def create_app(
-    model: FakeEmbedder | None = None, *, max_batch_size: int = 32, max_wait: float = 0.005
+    model: FakeEmbedder | None = None,
+    *,
+    max_batch_size: int = 32,
+    max_wait: float = 0.005,
+    deadline: float | None = None,
 ) -> FastAPI:
-    """Build the service; its BatchScope opens and closes with the app's lifespan."""
+    """
+    Build the service; its BatchScope opens and closes with the app's lifespan.
+
+    With *deadline* (seconds), each request gets that long: one the backlog cannot serve
+    in time is refused at once with 429 and ``Retry-After`` (``admission="deadline"``),
+    one that runs out of time anyway gets 504.
+    """
     embedder = model if model is not None else FakeEmbedder()
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Opened before the first request is served; leaving the block at shutdown
-        # drains the queue: texts already submitted still run.
-        async with bs.BatchScope(
-            embedder, max_batch_size=max_batch_size, max_wait=max_wait
-        ) as scope:
-            app.state.scope = scope
-            yield
+    def open_scope() -> bs.BatchScope[str, list[float]]:
+        return bs.BatchScope(
+            embedder,
+            max_batch_size=max_batch_size,
+            max_wait=max_wait,
+            admission="queue" if deadline is None else "deadline",
+        )
 
-    app = FastAPI(title="batchscope embedding service", lifespan=lifespan)
+    # The scope opens before the first request is served (request.state.scope); at
+    # shutdown, after the server stops taking requests, it drains: texts already
+    # submitted still run. Refusals become 429/503/504 with Retry-After.
+    app = FastAPI(title="batchscope embedding service", lifespan=bs_asgi.lifespan(scope=open_scope))
+    bs_asgi.add_exception_handlers(app)
     app.add_middleware(LimitBodySize, max_bytes=MAX_BODY_BYTES)
 
     @app.post("/embed")
     async def embed(body: EmbedRequest, request: Request) -> EmbedResponse:
-        scope: bs.BatchScope[str, list[float]] = request.app.state.scope
-        return EmbedResponse(embedding=await scope.submit(body.text))
+        scope: bs.BatchScope[str, list[float]] = request.state.scope
+        if deadline is None:
+            return EmbedResponse(embedding=await scope.submit(body.text))
+        with anyio.fail_after(deadline):
+            return EmbedResponse(embedding=await scope.submit(body.text))
 
     @app.get("/stats")
     async def stats(request: Request) -> dict[str, Any]:
-        return statistics_json(request.app.state.scope.statistics())
+        return statistics_json(request.state.scope.statistics())
 
     return app
 

@@ -135,4 +135,12 @@ def test_the_engine_does_not_import_the_facade() -> None:
     importers = {
         _top(_module_of(path)) for path in _sources() if "_scope" in map(_top, _imports(path))
     }
-    assert importers <= {"_hooks", "_decorator", "_blocking", "__init__", "metrics", "_demo"}
+    assert importers <= {
+        "_hooks",
+        "_decorator",
+        "_blocking",
+        "__init__",
+        "metrics",
+        "_demo",
+        "asgi",
+    }

@@ -215,7 +215,8 @@ class Engine(Generic[In, Out]):
         if breaker is not None and breaker.is_open():
             self.reject("circuit_open")
             raise CircuitOpenError(
-                f"the circuit breaker of {self.describe()} is open: recent batches failed"
+                f"the circuit breaker of {self.describe()} is open: recent batches failed",
+                breaker.reopens_in(),
             )
         cost_fn = self.config.cost
         if cost_fn is None:

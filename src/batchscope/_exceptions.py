@@ -16,7 +16,8 @@ The tree::
         │                               and ``oversize="reject"`` (also a ValueError)
         ├── BatchSizeMismatchError      the batch function returned the wrong number
         │                               of results
-        ├── CircuitOpenError            the circuit breaker is open
+        ├── CircuitOpenError            the circuit breaker is open (``retry_after``:
+        │                               seconds until it lets a trial batch through)
         ├── NoActiveScopeError          misuse: no open scope to submit to (also a
         │                               RuntimeError)
         └── ReplicaUnavailableError     ``batchscope.ray``: no Ray replica could run a
@@ -114,9 +115,12 @@ class BatchSizeMismatchError(BatchScopeError):
     """
 
 
-class CircuitOpenError(BatchScopeError):
+class CircuitOpenError(_RetryAfter):
     """
     The circuit breaker is open: recent batches failed, so submits fail fast.
+
+    ``retry_after`` is the time, in seconds, until the breaker lets a trial batch through
+    (its ``reset_timeout`` counted from when it opened).
     """
 
 

@@ -304,7 +304,9 @@ class Executor(Generic[In, Out]):
         if breaker is not None and not breaker.allow_batch():
             self.fail_all(
                 batch.items,
-                CircuitOpenError("the circuit breaker is open: recent batches failed"),
+                CircuitOpenError(
+                    "the circuit breaker is open: recent batches failed", breaker.reopens_in()
+                ),
             )
             return
         try:
