@@ -3,8 +3,8 @@ An embedding service: FastAPI on uvicorn (asyncio), every request batched by bat
 
 Each ``POST /embed`` carries one text; batchscope groups the texts of concurrent requests
 into batches and calls the model once per batch. The :class:`~batchscope.BatchScope` is
-opened in the app's lifespan and kept on ``app.state``: it starts before the first request
-is served and, at shutdown, drains (texts already submitted still run) before the process
+opened by ``batchscope.asgi.lifespan`` (``request.state.scope``, also on ``app.state``):
+it starts before the first request is served and, at shutdown, drains (texts already submitted still run) before the process
 exits. ``GET /stats`` returns ``scope.statistics()`` as JSON.
 
 Requests are bounded twice: a body over ``MAX_BODY_BYTES`` is refused with 413 before it
@@ -180,12 +180,14 @@ def create_app(
     embedder = model if model is not None else FakeEmbedder()
 
     def open_scope() -> bs.BatchScope[str, list[float]]:
-        return bs.BatchScope(
+        scope = bs.BatchScope(
             embedder,
             max_batch_size=max_batch_size,
             max_wait=max_wait,
             admission="queue" if deadline is None else "deadline",
         )
+        app.state.scope = scope  # also on app.state, for its statistics after shutdown
+        return scope
 
     # The scope opens before the first request is served (request.state.scope); at
     # shutdown, after the server stops taking requests, it drains: texts already

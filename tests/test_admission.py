@@ -46,7 +46,7 @@ def test_admission_option_is_validated() -> None:
     """admission takes 'queue' or 'deadline'; anything else names the option."""
     assert bs.BatchScope(FakeBatchFunction[int, int]()).config.admission == "queue"
     with pytest.raises(ValueError, match="'admission' must be one of 'queue', 'deadline'"):
-        bs.BatchScope(FakeBatchFunction[int, int](), admission="later")  # type: ignore[arg-type]
+        bs.BatchScope(FakeBatchFunction[int, int](), admission="later")  # type: ignore[call-overload]
 
 
 def test_refusals_keep_retry_after_through_pickle() -> None:
