@@ -5,7 +5,8 @@ Each ``POST /embed`` carries one text; batchscope groups the texts of concurrent
 into batches and calls the model once per batch. The :class:`~batchscope.BatchScope` is
 opened by ``batchscope.asgi.lifespan`` (``request.state.scope``, also on ``app.state``):
 it starts before the first request is served and, at shutdown, drains (texts already
-submitted still run) before the process exits. ``GET /stats`` returns ``scope.statistics()`` as JSON.
+submitted still run) before the process exits. ``GET /stats``
+returns ``scope.statistics()`` as JSON.
 
 Requests are bounded twice: a body over ``MAX_BODY_BYTES`` is refused with 413 before it
 is read in full, and a text over ``MAX_TEXT_CHARS`` (or an empty one) with 422.
