@@ -3,9 +3,10 @@ An embedding service: FastAPI on uvicorn (asyncio), every request batched by bat
 
 Each ``POST /embed`` carries one text; batchscope groups the texts of concurrent requests
 into batches and calls the model once per batch. The :class:`~batchscope.BatchScope` is
-opened in the app's lifespan and kept on ``app.state``: it starts before the first request
-is served and, at shutdown, drains (texts already submitted still run) before the process
-exits. ``GET /stats`` returns ``scope.statistics()`` as JSON.
+opened by ``batchscope.asgi.lifespan`` (``request.state.scope``, also on ``app.state``):
+it starts before the first request is served and, at shutdown, drains (texts already
+submitted still run) before the process exits. ``GET /stats``
+returns ``scope.statistics()`` as JSON.
 
 Requests are bounded twice: a body over ``MAX_BODY_BYTES`` is refused with 413 before it
 is read in full, and a text over ``MAX_TEXT_CHARS`` (or an empty one) with 422.
@@ -38,6 +39,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import batchscope as bs
+import batchscope.asgi as bs_asgi
 
 #: Length of every embedding vector.
 DIM = 16
@@ -163,32 +165,49 @@ def statistics_json(stats: bs.BatchStatistics) -> dict[str, Any]:
 
 
 def create_app(
-    model: FakeEmbedder | None = None, *, max_batch_size: int = 32, max_wait: float = 0.005
+    model: FakeEmbedder | None = None,
+    *,
+    max_batch_size: int = 32,
+    max_wait: float = 0.005,
+    deadline: float | None = None,
 ) -> FastAPI:
-    """Build the service; its BatchScope opens and closes with the app's lifespan."""
+    """
+    Build the service; its BatchScope opens and closes with the app's lifespan.
+
+    With *deadline* (seconds), each request gets that long: one the backlog cannot serve
+    in time is refused at once with 429 and ``Retry-After`` (``admission="deadline"``),
+    one that runs out of time anyway gets 504.
+    """
     embedder = model if model is not None else FakeEmbedder()
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Opened before the first request is served; leaving the block at shutdown
-        # drains the queue: texts already submitted still run.
-        async with bs.BatchScope(
-            embedder, max_batch_size=max_batch_size, max_wait=max_wait
-        ) as scope:
-            app.state.scope = scope
-            yield
+    def open_scope() -> bs.BatchScope[str, list[float]]:
+        scope = bs.BatchScope(
+            embedder,
+            max_batch_size=max_batch_size,
+            max_wait=max_wait,
+            admission="queue" if deadline is None else "deadline",
+        )
+        app.state.scope = scope  # also on app.state, for its statistics after shutdown
+        return scope
 
-    app = FastAPI(title="batchscope embedding service", lifespan=lifespan)
+    # The scope opens before the first request is served (request.state.scope); at
+    # shutdown, after the server stops taking requests, it drains: texts already
+    # submitted still run. Refusals become 429/503/504 with Retry-After.
+    app = FastAPI(title="batchscope embedding service", lifespan=bs_asgi.lifespan(scope=open_scope))
+    bs_asgi.add_exception_handlers(app)
     app.add_middleware(LimitBodySize, max_bytes=MAX_BODY_BYTES)
 
     @app.post("/embed")
     async def embed(body: EmbedRequest, request: Request) -> EmbedResponse:
-        scope: bs.BatchScope[str, list[float]] = request.app.state.scope
-        return EmbedResponse(embedding=await scope.submit(body.text))
+        scope: bs.BatchScope[str, list[float]] = request.state.scope
+        if deadline is None:
+            return EmbedResponse(embedding=await scope.submit(body.text))
+        with anyio.fail_after(deadline):
+            return EmbedResponse(embedding=await scope.submit(body.text))
 
     @app.get("/stats")
     async def stats(request: Request) -> dict[str, Any]:
-        return statistics_json(request.app.state.scope.statistics())
+        return statistics_json(request.state.scope.statistics())
 
     return app
 

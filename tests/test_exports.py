@@ -17,7 +17,7 @@ def test_all_is_sorted_and_complete() -> None:
     """Every name in __all__ exists, once, and every public name is in it (ruff sorts it)."""
     assert len(bs.__all__) == len(set(bs.__all__))
     public = {name for name in vars(bs) if not name.startswith("_")}
-    modules = {"testing", "metrics", "arrays", "ray"}  # submodules appear once imported
+    modules = {"testing", "metrics", "arrays", "ray", "asgi"}  # submodules appear once imported
     future = {"annotations"}  # from __future__ import annotations
     assert set(bs.__all__) == public - modules - future
 

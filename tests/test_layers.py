@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "_partitions": 2,
     # the engine: shared state, scheduler, executor, cache front, map
     "_engine": 3,
+    "_admission": 3,
     "_scheduler": 3,
     "_executor": 3,
     "_cache": 3,
@@ -50,7 +51,7 @@ LAYERS: dict[str, int] = {
     "__init__": 4,
 }
 #: Beside the layers: they use the public surface (façade and values), never the engine.
-BESIDE = ("arrays", "ray", "metrics", "testing", "_demo", "__main__")
+BESIDE = ("arrays", "ray", "metrics", "testing", "_demo", "__main__", "asgi")
 #: The one allowed exception: the public hook signature ``Hooks.scope_opened(scope)``.
 ALLOWED = {("_hooks", "_scope")}
 
@@ -137,4 +138,12 @@ def test_the_engine_does_not_import_the_facade() -> None:
     importers = {
         _top(_module_of(path)) for path in _sources() if "_scope" in map(_top, _imports(path))
     }
-    assert importers <= {"_hooks", "_decorator", "_blocking", "__init__", "metrics", "_demo"}
+    assert importers <= {
+        "_hooks",
+        "_decorator",
+        "_blocking",
+        "__init__",
+        "metrics",
+        "_demo",
+        "asgi",
+    }

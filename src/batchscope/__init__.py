@@ -39,6 +39,7 @@ from ._device import DeviceStatistics as DeviceStatistics
 from ._exceptions import BatchScopeError as BatchScopeError
 from ._exceptions import BatchSizeMismatchError as BatchSizeMismatchError
 from ._exceptions import CircuitOpenError as CircuitOpenError
+from ._exceptions import DeadlineUnmeetableError as DeadlineUnmeetableError
 from ._exceptions import ItemTooLargeError as ItemTooLargeError
 from ._exceptions import NoActiveScopeError as NoActiveScopeError
 from ._exceptions import QueueFullError as QueueFullError
@@ -74,6 +75,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "Collator",
+    "DeadlineUnmeetableError",
     "Device",
     "DeviceShare",
     "DeviceStatistics",

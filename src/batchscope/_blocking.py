@@ -24,7 +24,7 @@ import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._cache import AsyncCache
-from ._config import CostMode, OnFull, Oversize, Policy, to_seconds
+from ._config import Admission, CostMode, OnFull, Oversize, Policy, to_seconds
 from ._device import Device
 from ._exceptions import NoActiveScopeError, ScopeClosedError
 from ._executor import BatchFunction, Collator
@@ -108,6 +108,7 @@ class BlockingBatchScope(Generic[In, Out]):
         device: Device | None = None,
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
+        admission: Admission = "queue",
     ) -> None: ...
 
     @overload
@@ -141,6 +142,7 @@ class BlockingBatchScope(Generic[In, Out]):
         device: Device | None = None,
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
+        admission: Admission = "queue",
     ) -> None: ...
 
     def __init__(
@@ -173,6 +175,7 @@ class BlockingBatchScope(Generic[In, Out]):
         device: Device | None = None,
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
+        admission: Admission = "queue",
     ) -> None:
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"'backend' must be 'asyncio' or 'trio', got {backend!r}")
@@ -205,6 +208,7 @@ class BlockingBatchScope(Generic[In, Out]):
             device=device,
             weight=weight,
             partition=partition,
+            admission=admission,
         )
         self._backend = backend
         self._backend_options = backend_options

@@ -17,6 +17,7 @@ from ._durations import check_int, optional_positive_number, to_seconds, type_na
 from ._resilience import CircuitBreaker, RateLimit, Retry
 
 __all__ = [
+    "Admission",
     "CostMode",
     "OnFull",
     "Oversize",
@@ -30,6 +31,7 @@ OnFull = Literal["wait", "reject"]
 CostMode = Literal["padded", "sum"]
 Oversize = Literal["run_alone", "reject"]
 Policy = Literal["fifo", "length", "priority"]
+Admission = Literal["queue", "deadline"]
 
 
 def _positive_int(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -162,6 +164,10 @@ class ScopeConfig:
     partition: Callable[[Any], Hashable] | None = attrs.field(
         default=None, validator=_optional_callable
     )
+    #: Which submits are queued: ``"queue"`` (every one there is room for) or
+    #: ``"deadline"`` (refuse at once, with :class:`~batchscope.DeadlineUnmeetableError`,
+    #: one whose caller's deadline the backlog ahead says cannot be met).
+    admission: Admission = attrs.field(default="queue", validator=_choice(*get_args(Admission)))
 
     def __attrs_post_init__(self) -> None:
         # Options that only make sense together.

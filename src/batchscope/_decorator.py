@@ -35,7 +35,7 @@ from datetime import timedelta
 from typing import Any, Generic, Literal, TypeVar, cast, final, overload
 
 from ._cache import AsyncCache, namespaced
-from ._config import CostMode, OnFull, Oversize, Policy
+from ._config import Admission, CostMode, OnFull, Oversize, Policy
 from ._device import Device
 from ._exceptions import NoActiveScopeError
 from ._executor import Collator
@@ -444,6 +444,7 @@ def batch(
     device: Device | None = None,
     weight: float = 1.0,
     partition: Callable[[Any], Hashable] | None = None,
+    admission: Admission = "queue",
 ) -> _BatchDecorator:
     """
     Turn a batch function into one you call with one item at a time.
@@ -500,5 +501,6 @@ def batch(
             "device": device,
             "weight": weight,
             "partition": partition,
+            "admission": admission,
         }
     )

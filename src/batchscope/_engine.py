@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 import anyio
 import attrs
 
+from ._admission import drain_time, judge
 from ._config import ScopeConfig
 from ._exceptions import (
     CircuitOpenError,
@@ -125,6 +126,9 @@ class Engine(Generic[In, Out]):
     device: DeviceClient | None = None
     #: Open ``map`` iterators (stopped when the scope closes).
     maps: set[MapIterator[In, Out]] = attrs.field(init=False, factory=_no_maps)
+    #: Until when dispatch is held: an upstream said "slow down" (fn raised an exception
+    #: with a ``retry_after``); the scheduler dispatches nothing before it.
+    paused_until: float = -math.inf
     # -- set when the scope opens: they belong to its event loop ---------------------------
     #: The loop's clock.
     clock: Callable[[], float] = _unopened_clock
@@ -231,34 +235,42 @@ class Engine(Generic[In, Out]):
         if breaker is not None and breaker.is_open():
             self.reject("circuit_open")
             raise CircuitOpenError(
-                f"the circuit breaker of {self.describe()} is open: recent batches failed"
+                f"the circuit breaker of {self.describe()} is open: recent batches failed",
+                breaker.reopens_in(),
             )
         cost_fn = self.config.cost
         if cost_fn is None:
-            return 1.0
-        try:
-            return self.cost_of(value, cost_fn)
-        except ItemTooLargeError:
-            self.reject("too_large")
-            raise
-        except Exception:
-            self.reject("bad_cost")
-            raise
+            cost = 1.0
+        else:
+            try:
+                cost = self.cost_of(value, cost_fn)
+            except ItemTooLargeError:
+                self.reject("too_large")
+                raise
+            except Exception:
+                self.reject("bad_cost")
+                raise
+        if self.config.admission == "deadline":
+            judge(self, cost)  # raises DeadlineUnmeetableError
+        return cost
 
     async def admit(self, value: In, *, count: bool = True) -> float:
         """Count a submit, price its item, take room for it in the queue; return the cost."""
         cost = self.price(value, count)
         if not self.room.take_nowait():
-            await self.wait_for_room()
+            await self.wait_for_room(cost)
         return cost
 
-    async def wait_for_room(self) -> None:
+    async def wait_for_room(self, cost: float = 1.0) -> None:
         """The queue is full: reject, or wait for room (``on_full``)."""
         if self.config.on_full == "reject":
             self.reject("queue_full")
+            retry_after = drain_time(self, cost)
             raise QueueFullError(
                 f"the queue of {self.describe()} holds max_queue_size="
-                f"{self.config.max_queue_size} pending items"
+                f"{self.config.max_queue_size} pending items: retry after "
+                f"{retry_after:.3f} s",
+                retry_after,
             )
         recorder = self.recorder
         recorder.admitting += 1  # counted, not yet queued

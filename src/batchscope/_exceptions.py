@@ -8,12 +8,16 @@ The tree::
         ├── ScopeClosedError            the scope is closed or closing (you closed it),
         │                               or it failed (then ``__cause__`` says why)
         ├── QueueFullError              ``on_full="reject"`` and the queue is at
-        │                               ``max_queue_size``
+        │                               ``max_queue_size`` (``retry_after``: seconds)
+        ├── DeadlineUnmeetableError     ``admission="deadline"`` and the caller's
+        │                               deadline cannot be met by the backlog ahead
+        │                               (``retry_after``: seconds)
         ├── ItemTooLargeError           an item's own cost exceeds ``max_batch_cost``
         │                               and ``oversize="reject"`` (also a ValueError)
         ├── BatchSizeMismatchError      the batch function returned the wrong number
         │                               of results
-        ├── CircuitOpenError            the circuit breaker is open
+        ├── CircuitOpenError            the circuit breaker is open (``retry_after``:
+        │                               seconds until it lets a trial batch through)
         ├── NoActiveScopeError          misuse: no open scope to submit to (also a
         │                               RuntimeError)
         └── ReplicaUnavailableError     ``batchscope.ray``: no Ray replica could run a
@@ -27,10 +31,13 @@ exceptions are never caught, wrapped or created by batchscope.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BatchScopeError",
     "BatchSizeMismatchError",
     "CircuitOpenError",
+    "DeadlineUnmeetableError",
     "ItemTooLargeError",
     "NoActiveScopeError",
     "QueueFullError",
@@ -57,9 +64,40 @@ class ScopeClosedError(BatchScopeError):
     """
 
 
-class QueueFullError(BatchScopeError):
+class _RetryAfter(BatchScopeError):
+    """A refusal that says when trying again may succeed (``retry_after`` seconds)."""
+
+    #: Seconds after which a new submit may be admitted: an estimate (the time for the
+    #: backlog ahead to drain), for a ``Retry-After`` header or a client's backoff.
+    retry_after: float
+
+    def __init__(self, message: str = "", retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.retry_after))
+
+
+class QueueFullError(_RetryAfter):
     """
     The queue holds ``max_queue_size`` pending items and ``on_full="reject"`` is set.
+
+    ``retry_after`` estimates, in seconds, how long the backlog takes to drain a batch's
+    worth (by the scope's fitted model of batch run time).
+    """
+
+
+class DeadlineUnmeetableError(_RetryAfter):
+    """
+    ``admission="deadline"``: the caller's deadline cannot be met, so the item was refused
+    at once instead of queued.
+
+    The scope predicts the item's queue wait and run time from the backlog ahead of it
+    and its fitted model of batch run time; ``retry_after`` estimates, in seconds, when
+    that backlog will have drained.
+
+    .. versionadded:: 0.2.0
     """
 
 
@@ -77,9 +115,12 @@ class BatchSizeMismatchError(BatchScopeError):
     """
 
 
-class CircuitOpenError(BatchScopeError):
+class CircuitOpenError(_RetryAfter):
     """
     The circuit breaker is open: recent batches failed, so submits fail fast.
+
+    ``retry_after`` is the time, in seconds, until the breaker lets a trial batch through
+    (its ``reset_timeout`` counted from when it opened).
     """
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 import anyio
 import anyio.to_thread
 
+from ._admission import slow_down
 from ._batchinfo import reset, using
 from ._exceptions import BatchSizeMismatchError, CircuitOpenError
 from ._hooks import BatchFinished, BatchStarted, Outcome, ReleaseReason
@@ -305,7 +306,9 @@ class Executor(Generic[In, Out]):
         if breaker is not None and not breaker.allow_batch():
             self.fail_all(
                 batch.items,
-                CircuitOpenError("the circuit breaker is open: recent batches failed"),
+                CircuitOpenError(
+                    "the circuit breaker is open: recent batches failed", breaker.reopens_in()
+                ),
             )
             return
         try:
@@ -343,9 +346,11 @@ class Executor(Generic[In, Out]):
             try:
                 results = await self._call_limited(live, batch if attempt == 1 else None)
             except Exception as exc:
+                # An upstream that says "slow down" holds the whole scope's dispatch.
+                paused = slow_down(self._engine, exc)
                 if retrying and retry is not None and isinstance(exc, retry.on):
                     self._engine.recorder.retries += 1
-                    await anyio.sleep(wait)
+                    await anyio.sleep(max(wait, paused))
                     continue
                 self._engine.log.log(
                     logging.WARNING,

@@ -45,9 +45,16 @@ ReleaseReason = Literal["size", "cost", "timer", "deadline", "drain"]
 #: (``oversize="reject"``), ``bad_cost`` (``cost`` raised or returned no valid number),
 #: ``bad_key`` (``key`` raised or returned something unhashable), ``circuit_open`` (the
 #: circuit breaker is open), ``bad_partition`` (``partition`` raised or returned something
-#: unhashable).
+#: unhashable), ``deadline`` (``admission="deadline"``: the caller's deadline cannot be met).
 RejectReason = Literal[
-    "queue_full", "closed", "too_large", "bad_cost", "bad_key", "circuit_open", "bad_partition"
+    "queue_full",
+    "closed",
+    "too_large",
+    "bad_cost",
+    "bad_key",
+    "circuit_open",
+    "bad_partition",
+    "deadline",
 ]
 
 #: How a batch ended: ``ok`` (every item got a result), ``partial`` (some items failed
@@ -114,7 +121,8 @@ class Hooks:
 
     def item_rejected(self, reason: RejectReason) -> None:
         """A submit was refused before queueing: ``queue_full``, ``closed``,
-        ``too_large``, ``bad_cost``, ``bad_key``, ``circuit_open``, ``bad_partition``."""
+        ``too_large``, ``bad_cost``, ``bad_key``, ``circuit_open``, ``bad_partition``,
+        ``deadline``."""
 
     def item_cancelled(self, dispatched: bool) -> None:
         """A caller left before its item ended (before or after dispatch)."""

@@ -191,6 +191,13 @@ class BreakerState:
         opened = self._opened_at
         return opened is not None and anyio.current_time() < opened + self._breaker.reset_timeout
 
+    def reopens_in(self) -> float:
+        """Seconds until the breaker lets a trial batch through (0.0 when not open)."""
+        opened = self._opened_at
+        if opened is None:
+            return 0.0
+        return max(0.0, opened + self._breaker.reset_timeout - anyio.current_time())
+
     @property
     def half_open(self) -> bool:
         """Open but due for a trial: at most one batch may run."""

@@ -345,6 +345,8 @@ class Scheduler(Generic[In, Out]):
                 limits = self._limits() if pool.live else None
                 device = engine.device
                 on_device = False  # waiting for a slot of the shared device
+                if limits is not None and self._held():
+                    limit = 0  # an upstream said "slow down": dispatch nothing until then
                 if limits is not None and recorder.in_flight < limit:
                     now = engine.clock()
                     while recorder.in_flight < limit:
@@ -366,9 +368,10 @@ class Scheduler(Generic[In, Out]):
                     return
 
                 # While every slot is busy, a finished batch wakes us: no timer. So does
-                # the shared device when it chooses us.
+                # the shared device when it chooses us; a pause ("slow down") ends on its
+                # own timer.
                 if limits is None or recorder.in_flight >= limit or on_device:
-                    due = math.inf
+                    due = math.inf if limit or on_device else engine.paused_until
                 else:
                     due = pool.due_at(limits)
                 if limbo:
@@ -404,6 +407,17 @@ class Scheduler(Generic[In, Out]):
                         self.lateness = max(late, self.lateness * LATENESS_DECAY)
                 if limbo:
                     self._revive(limbo)
+
+    def _held(self) -> bool:
+        """Whether dispatch is held for an upstream's ``retry_after`` (see _admission)."""
+        engine = self._engine
+        until = engine.paused_until
+        if until == -math.inf:
+            return False
+        if until > engine.clock():
+            return True
+        engine.paused_until = -math.inf
+        return False
 
     async def _gather(self) -> None:
         """

@@ -36,7 +36,7 @@ from anyio.abc import TaskGroup
 from ._bucketing import LengthPool
 from ._cache import AsyncCache, CacheFront
 from ._completion import loop_calls
-from ._config import CostMode, OnFull, Oversize, Policy, ScopeConfig, check_int
+from ._config import Admission, CostMode, OnFull, Oversize, Policy, ScopeConfig, check_int
 from ._device import Device
 from ._engine import Engine, ScopeState
 from ._executor import BatchFunction, Collator, Executor, check_collator
@@ -177,6 +177,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             An error in it fails that item with ``ValueError`` (an unhashable key:
             ``TypeError``). Statistics per partition: ``statistics().partitions``.
             (Added in 0.2.0.)
+        admission: ``"queue"``: every submit there is room for is queued.
+            ``"deadline"``: a submit whose caller has a deadline (``anyio.fail_after``
+            around it) is refused at once with :class:`DeadlineUnmeetableError` (its
+            ``retry_after`` says when to try again) when the backlog ahead of it and the
+            fitted model of batch run time say it cannot finish in time, instead of
+            queueing work that would be thrown away.
 
     Raises:
         TypeError: *fn* is not callable, or an option has the wrong type.
@@ -214,6 +220,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         device: Device | None = None,
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
+        admission: Admission = "queue",
     ) -> None: ...
 
     @overload
@@ -245,6 +252,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         device: Device | None = None,
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
+        admission: Admission = "queue",
     ) -> None: ...
 
     def __init__(
@@ -275,6 +283,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         device: Device | None = None,
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
+        admission: Admission = "queue",
     ) -> None:
         if not callable(fn):
             raise TypeError(f"'fn' must be callable, not {type(fn).__name__}")
@@ -305,6 +314,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             device=device,
             weight=weight,
             partition=partition,
+            admission=admission,
         )
         if not isinstance(cast(object, device), Device | None):
             raise TypeError(f"'device' must be a bs.Device(...), not {type(device).__name__}")
@@ -501,7 +511,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         # path).
         cost = engine.price(item, True)
         if not engine.room.take_nowait():
-            await engine.wait_for_room()
+            await engine.wait_for_room(cost)
         waited: WaitedItem[In, Out] = engine.item_type(
             item, priority, cost, engine.clock(), engine.deadline(), engine.new_signal()
         )
