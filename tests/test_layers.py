@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "_executor": 3,
     "_cache": 3,
     "_map": 3,
+    "_streaming": 3,
     # the façade
     "_scope": 4,
     "_decorator": 4,

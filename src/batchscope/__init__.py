@@ -13,7 +13,8 @@ lower ones (``tests/test_layers.py`` holds them to it):
    (``_completion``, ``_trio``);
 3. pools and policies: FIFO and priority (``_pending``), length buckets (``_bucketing``);
 4. the engine: the state the parts share and the admission protocol (``_engine``), the
-   scheduler, the executor, the cache front, ``submit_many``/``map``;
+   scheduler, the executor, the cache front, ``submit_many``/``map``, streaming
+   batch functions (``_streaming``);
 5. the façade: ``BatchScope`` (``_scope``: lifetime and the documented API), the
    decorator, the blocking scope, this module's re-exports.
 
@@ -51,6 +52,7 @@ from ._resilience import Retry as Retry
 from ._scope import BatchScope as BatchScope
 from ._statistics import BatchStatistics as BatchStatistics
 from ._statistics import Percentiles as Percentiles
+from ._streaming import OutputStream as OutputStream
 
 __all__ = [
     "END",
@@ -73,6 +75,7 @@ __all__ = [
     "ItemTooLargeError",
     "MapIterator",
     "NoActiveScopeError",
+    "OutputStream",
     "Percentiles",
     "QueueFullError",
     "RateLimit",

@@ -120,6 +120,8 @@ class Engine(Generic[In, Out]):
     state: ScopeState = ScopeState.NEW
     #: What broke the scope (a crash, or the body's exception), or None.
     failure: BaseException | None = None
+    #: Whether fn is an async generator: items stream their outputs (``_streaming``).
+    streaming: bool = False
     #: Open ``map`` iterators (stopped when the scope closes).
     maps: set[MapIterator[In, Out]] = attrs.field(init=False, factory=_no_maps)
     # -- set when the scope opens: they belong to its event loop ---------------------------

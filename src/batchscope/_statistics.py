@@ -116,6 +116,10 @@ class BatchStatistics:
     #: Times the scheduler task woke up (an arrival, a timer, a freed slot); an idle
     #: scope adds none.
     scheduler_wakeups: int
+    #: Streamed rows (an async-generator fn): time from submit to the row's first output.
+    first_output_ms: Percentiles
+    #: Streamed rows: time between consecutive outputs of one row.
+    output_gap_ms: Percentiles
 
 
 @attrs.define(eq=False)
@@ -147,6 +151,8 @@ class Recorder:
     reasons: dict[ReleaseReason, int] = attrs.Factory(lambda: dict.fromkeys(RELEASE_REASONS, 0))
     queue_waits: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
     latencies: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
+    first_outputs: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
+    output_gaps: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
 
     def snapshot(self) -> BatchStatistics:
         """Freeze the counters into a :class:`BatchStatistics`."""
@@ -179,4 +185,6 @@ class Recorder:
             retries=self.retries,
             isolation_calls=self.isolation_calls,
             scheduler_wakeups=self.scheduler_wakeups,
+            first_output_ms=Percentiles.of(self.first_outputs),
+            output_gap_ms=Percentiles.of(self.output_gaps),
         )
