@@ -273,3 +273,8 @@ class StreamItem(Item[In, Out]):
 
     def notify(self) -> None:
         cast("MemoryObjectSendStream[Any]", self.signal).close()
+
+    def close(self) -> None:
+        """Its reader is gone: close both ends (nothing is sent to a row not RUNNING)."""
+        cast("MemoryObjectSendStream[Any]", self.signal).close()
+        self.outputs.close()

@@ -230,15 +230,18 @@ class StreamRunner(Generic[In, Out]):
         now = self._engine.clock()
         wanted = False
         completed = failed = 0
+        ended = 0
         for item, entry in zip(items, cast("Sequence[Any]", step), strict=True):
             if item.state != RUNNING:
                 continue  # ended, or its caller left: the entry is dropped
             if entry is END:
                 item.succeed(None)
                 completed += item.waiters
+                ended += 1
             elif isinstance(entry, Exception):
                 item.fail(entry)
                 failed += item.waiters
+                ended += 1
             else:
                 streamed = cast(StreamItem[In, Out], item)
                 last = streamed.last
@@ -252,6 +255,10 @@ class StreamRunner(Generic[In, Out]):
         recorder.completed += completed
         recorder.failed += failed
         recorder.running -= completed + failed
+        # An ended row's caller no longer waits for the batch: once the last caller
+        # still reading leaves, the batch is cancelled (``Executor.cancel_if_abandoned``).
+        batch = items[0].batch
+        batch.live -= ended
         return wanted or any(item.state == RUNNING for item in items)
 
     def _end_open(self, items: list[Item[In, Out]]) -> None:
@@ -347,9 +354,9 @@ class OutputStream(Generic[Out]):
         self._done = True
         if item is None:
             return
-        item.outputs.close()
         if item.state != DONE:
             self._engine.leave(item)
+        item.close()
 
     async def aclose(self) -> None:
         """
