@@ -126,7 +126,8 @@ async def test_a_generator_that_returns_ends_open_rows() -> None:
         yield items
 
     async with bs.BatchScope(fn, max_batch_size=2, max_wait=1) as scope:
-        assert await scope.submit(7) == [7]
+        outputs: object = await scope.submit(7)  # typed as one output: see the docs
+        assert outputs == [7]
     assert scope.statistics().completed == 1
 
 
@@ -247,7 +248,8 @@ async def test_a_silent_generator_times_out() -> None:
         with pytest.raises(TimeoutError):
             await scope.submit(1)
         assert anyio.current_time() - start == pytest.approx(5)
-        assert await scope.submit(2) == [2]
+        outputs: object = await scope.submit(2)
+        assert outputs == [2]
     assert scope.statistics().failed == 1
 
 
@@ -384,7 +386,7 @@ async def test_random_leave_schedules_keep_every_stream_whole(
             for ident, (delay, count, patience, leave_after) in enumerate(schedule):
                 tg.start_soon(one, ident, delay, count, patience, leave_after)
     assert steps_after_all_left == []
-    for ident, (delay, count, patience, leave_after) in enumerate(schedule):
+    for ident, (_, count, _, _) in enumerate(schedule):
         got, finished = outcomes[ident]
         assert got == [(ident, k) for k in range(len(got))]  # own outputs, in order
         if finished:

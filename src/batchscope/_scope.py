@@ -47,7 +47,14 @@ from ._resilience import BreakerState, CircuitBreaker, RateLimit, Retry, TokenBu
 from ._room import Room
 from ._scheduler import Scheduler
 from ._statistics import BatchStatistics
-from ._streaming import OutputStream, StreamRunner, check_options, collect, is_streaming
+from ._streaming import (
+    OutputStream,
+    StreamFunction,
+    StreamRunner,
+    check_options,
+    collect,
+    is_streaming,
+)
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -180,6 +187,34 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
     def __init__(
         self,
         fn: BatchFunction[In, Out],
+        *,
+        max_batch_size: int = 32,
+        max_wait: float | timedelta | Literal["auto"] = 0.005,
+        target_latency: float | timedelta | None = None,
+        max_queue_size: int = 10_000,
+        on_full: OnFull = "wait",
+        max_concurrent_batches: int = 1,
+        cost: Callable[[In], float] | None = None,
+        max_batch_cost: float | None = None,
+        cost_mode: CostMode = "padded",
+        oversize: Oversize = "run_alone",
+        policy: Policy = "fifo",
+        aging: float | timedelta = 0.1,
+        batch_timeout: float | timedelta | None = None,
+        isolate_failures: bool = False,
+        retry: Retry | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+        cache: MutableMapping[Any, Any] | AsyncCache | None = None,
+        key: Callable[[In], Hashable] | None = None,
+        hooks: Hooks | Sequence[Hooks] | None = None,
+        collate: None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        fn: StreamFunction[In, Out],
         *,
         max_batch_size: int = 32,
         max_wait: float | timedelta | Literal["auto"] = 0.005,

@@ -40,18 +40,30 @@ from ._config import ScopeConfig
 from ._exceptions import BatchSizeMismatchError, CircuitOpenError
 from ._executor import count_results
 from ._items import DONE, RUNNING, Item, StreamItem
-from ._markers import END
+from ._markers import END, End
 
 if TYPE_CHECKING:
     from ._engine import Engine
     from ._executor import Batch, Executor
 
-__all__ = ["OutputStream", "StreamRunner", "check_options", "collect", "is_streaming"]
+__all__ = [
+    "OutputStream",
+    "StreamFunction",
+    "StreamRunner",
+    "check_options",
+    "collect",
+    "is_streaming",
+]
 
 logger = logging.getLogger("batchscope")
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+
+#: A streaming fn: ``async def fn(items): ... yield [entry per item]``; an entry is an
+#: output, :data:`batchscope.END` or an ``Exception``.
+StreamFunction = Callable[[list[In]], AsyncIterator[Sequence[Out | Exception | End]]]
 
 
 def is_streaming(fn: object) -> bool:
@@ -235,7 +247,7 @@ class StreamRunner(Generic[In, Out]):
             if item.state != RUNNING:
                 continue  # ended, or its caller left: the entry is dropped
             if entry is END:
-                item.succeed(None)
+                item.succeed(cast(Out, None))
                 completed += item.waiters
                 ended += 1
             elif isinstance(entry, Exception):
@@ -266,7 +278,7 @@ class StreamRunner(Generic[In, Out]):
         completed = 0
         for item in items:
             if item.state == RUNNING:
-                item.succeed(None)
+                item.succeed(cast(Out, None))
                 completed += item.waiters
         self._engine.recorder.completed += completed
         self._engine.recorder.running -= completed
