@@ -14,7 +14,8 @@ lower ones (``tests/test_layers.py`` holds them to it):
 3. pools and policies: FIFO and priority (``_pending``), length buckets (``_bucketing``),
    one pool per partition key (``_partitions``);
 4. the engine: the state the parts share and the admission protocol (``_engine``), the
-   scheduler, the executor, the cache front, ``submit_many``/``map``;
+   scheduler, the executor, the cache front, ``submit_many``/``map``, streaming
+   batch functions (``_streaming``);
 5. the façade: ``BatchScope`` (``_scope``: lifetime and the documented API), the
    decorator, the blocking scope, this module's re-exports.
 
@@ -57,6 +58,7 @@ from ._scope import BatchScope as BatchScope
 from ._statistics import BatchStatistics as BatchStatistics
 from ._statistics import PartitionStatistics as PartitionStatistics
 from ._statistics import Percentiles as Percentiles
+from ._streaming import OutputStream as OutputStream
 
 __all__ = [
     "END",
@@ -83,6 +85,7 @@ __all__ = [
     "ItemTooLargeError",
     "MapIterator",
     "NoActiveScopeError",
+    "OutputStream",
     "PartitionStatistics",
     "Percentiles",
     "QueueFullError",

@@ -124,6 +124,8 @@ class Engine(Generic[In, Out]):
     failure: BaseException | None = None
     #: This scope's handle on its shared device (``device=``; set when it opens), or None.
     device: DeviceClient | None = None
+    #: Whether fn is an async generator: items stream their outputs (``_streaming``).
+    streaming: bool = False
     #: Open ``map`` iterators (stopped when the scope closes).
     maps: set[MapIterator[In, Out]] = attrs.field(init=False, factory=_no_maps)
     #: Until when dispatch is held: an upstream said "slow down" (fn raised an exception

@@ -34,6 +34,7 @@ from ._items import ABANDONED, DONE, RUNNING, Item
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._streaming import StreamRunner
 
 __all__ = ["Batch", "BatchFunction", "Collator", "Executor", "is_async_callable"]
 
@@ -194,6 +195,9 @@ class Executor(Generic[In, Out]):
         self._limiter = anyio.CapacityLimiter(engine.config.max_concurrent_batches)
         #: Batches running now (for failing their items if the scope breaks).
         self.running: set[Batch[In, Out]] = set()
+        #: Runs every batch instead of :meth:`_execute` when fn is an async generator
+        #: (``_streaming``; set by the scope).
+        self.stream: StreamRunner[In, Out] | None = None
 
     def set_capacity(self, batches: int) -> None:
         """Apply a new ``max_concurrent_batches`` (from the next batch)."""
@@ -217,7 +221,11 @@ class Executor(Generic[In, Out]):
 
     def cancel_if_abandoned(self, batch: Batch[In, Out]) -> None:
         """Cancel an async batch once its last caller has left."""
-        if batch.live == 0 and self._is_async and batch.cancel_scope is not None:
+        if (
+            batch.live == 0
+            and (self._is_async or self.stream is not None)
+            and batch.cancel_scope is not None
+        ):
             batch.cancel_scope.cancel()
 
     def will_end(self, item: Item[In, Out]) -> bool:
@@ -275,7 +283,10 @@ class Executor(Generic[In, Out]):
                     # Every caller left between dispatch and this task starting.
                     cancel_scope.cancel()
                     return
-                await self._execute(batch)
+                if self.stream is not None:
+                    await self.stream.run(batch)
+                else:
+                    await self._execute(batch)
         except BaseException as exc:
             # The scope's task group is being cancelled, or fn raised a BaseException
             # (KeyboardInterrupt, SystemExit...): nobody may hang, so fail the items with

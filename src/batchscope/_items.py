@@ -23,12 +23,14 @@ sees the new state and does nothing, which is what makes completion exactly-once
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = [
     "ABANDONED",
@@ -42,6 +44,7 @@ __all__ = [
     "WITHDRAWN",
     "CallbackItem",
     "Item",
+    "StreamItem",
     "WaitedItem",
 ]
 
@@ -243,3 +246,38 @@ class CallbackItem(Item[In, Out]):
         self.signal(self)
         if self.followers is not None:
             self._wake_followers()
+
+
+class StreamItem(Item[In, Out]):
+    """
+    An item whose outputs stream to its caller: what :meth:`BatchScope.stream` uses.
+
+    Its ``signal`` is the send end of an unbounded memory-object
+    stream: each output of its row is sent as it comes, so one slow reader never holds
+    up the batch's other rows; ending the item closes the send end, and the reader sees
+    the end of the stream, then the item's outcome (``None``, or the row's error).
+    """
+
+    __slots__ = ("last", "outputs")
+
+    def __init__(
+        self, value: In, priority: float, cost: float, arrival: float, deadline: float
+    ) -> None:
+        send, receive = anyio.create_memory_object_stream[Any](math.inf)
+        super().__init__(value, priority, cost, arrival, deadline, send)
+        #: The reader's end.
+        self.outputs: MemoryObjectReceiveStream[Any] = receive
+        #: Clock time of the row's latest output (None before its first).
+        self.last: float | None = None
+
+    def put(self, output: Any) -> None:
+        """Hand one output to the reader (the caller checked that the item is RUNNING)."""
+        cast("MemoryObjectSendStream[Any]", self.signal).send_nowait(output)
+
+    def notify(self) -> None:
+        cast("MemoryObjectSendStream[Any]", self.signal).close()
+
+    def close(self) -> None:
+        """Its reader is gone: close both ends (nothing is sent to a row not RUNNING)."""
+        cast("MemoryObjectSendStream[Any]", self.signal).close()
+        self.outputs.close()

@@ -49,11 +49,24 @@ from ._resilience import BreakerState, CircuitBreaker, RateLimit, Retry, TokenBu
 from ._room import Room
 from ._scheduler import Scheduler
 from ._statistics import BatchStatistics
+from ._streaming import (
+    OutputStream,
+    StreamFunction,
+    StreamRunner,
+    check_options,
+    collect,
+    is_streaming,
+)
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["BatchScope"]
+
+_NOT_FOR_STREAMS = (
+    "{}() does not take a streaming batch function (an async generator): "
+    "use stream() or submit() per item"
+)
 
 logger = logging.getLogger("batchscope")
 
@@ -226,6 +239,38 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
     @overload
     def __init__(
         self,
+        fn: StreamFunction[In, Out],
+        *,
+        max_batch_size: int = 32,
+        max_wait: float | timedelta | Literal["auto"] = 0.005,
+        target_latency: float | timedelta | None = None,
+        max_queue_size: int = 10_000,
+        on_full: OnFull = "wait",
+        max_concurrent_batches: int = 1,
+        cost: Callable[[In], float] | None = None,
+        max_batch_cost: float | None = None,
+        cost_mode: CostMode = "padded",
+        oversize: Oversize = "run_alone",
+        policy: Policy = "fifo",
+        aging: float | timedelta = 0.1,
+        batch_timeout: float | timedelta | None = None,
+        isolate_failures: bool = False,
+        retry: Retry | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+        cache: MutableMapping[Any, Any] | AsyncCache | None = None,
+        key: Callable[[In], Hashable] | None = None,
+        hooks: Hooks | Sequence[Hooks] | None = None,
+        collate: None = None,
+        device: Device | None = None,
+        weight: float = 1.0,
+        partition: Callable[[In], Hashable] | None = None,
+        admission: Admission = "queue",
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
         fn: Callable[[Any], Any],
         *,
         max_batch_size: int = 32,
@@ -318,6 +363,9 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         )
         if not isinstance(cast(object, device), Device | None):
             raise TypeError(f"'device' must be a bs.Device(...), not {type(device).__name__}")
+        streaming = is_streaming(fn)
+        if streaming:
+            check_options(config, collate)
         fn_name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         log = RateLimitedLog()
         #: The state the lower layers share, and the caller's side of every item.
@@ -328,6 +376,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             log=log,
             breaker=None if circuit_breaker is None else BreakerState(circuit_breaker),
         )
+        self._engine.streaming = streaming
         if cache is not None or key is not None:
             self._engine.front = CacheFront(self._engine, cache, key)
 
@@ -375,6 +424,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         if limit is not None and limit.cost_per_minute is not None:
             engine.cost_bucket = TokenBucket(limit.cost_per_minute / 60, limit.cost_per_minute)
         engine.executor = Executor(engine, self._fn, self._collate)
+        if engine.streaming:
+            engine.executor.stream = StreamRunner(engine, cast(Any, self._fn), engine.executor)
         engine.scheduler = Scheduler(engine, send, receive, self._new_pool(), engine.executor)
         try:
             async with anyio.create_task_group() as task_group:
@@ -477,7 +528,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 a finite number.
 
         Returns:
-            The result the batch function returned for this item.
+            The result the batch function returned for this item; with a streaming fn
+            (an async generator), the list of the item's outputs (see :meth:`stream`).
 
         Raises:
             ScopeClosedError: The scope is closed or closing, or failed while the item
@@ -505,6 +557,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         """
         _check_priority(priority)
         engine = self._engine
+        if engine.streaming:
+            return cast(Out, await collect(engine, item, priority))
         if engine.front is not None:
             return await engine.front.submit(item, priority)
         # engine.admit() inline, for the common case of room in the queue (the per-item
@@ -540,6 +594,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         Raises:
             ScopeClosedError, QueueFullError, NoActiveScopeError: As for :meth:`submit`.
+            TypeError: fn is a streaming batch function (use :meth:`stream` or
+                :meth:`submit` per item).
             Exception: The first exception of an item, with ``return_exceptions=False``.
 
         Cancellation:
@@ -549,6 +605,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         .. versionadded:: 0.1.0
         """
+        if self._engine.streaming:
+            raise TypeError(_NOT_FOR_STREAMS.format("submit_many"))
         return await gather(self._engine, items, return_exceptions=return_exceptions)
 
     def map(
@@ -583,12 +641,14 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             An async iterator of results (also an async context manager).
 
         Raises:
-            TypeError: *window* is not an int.
+            TypeError: *window* is not an int, or fn is a streaming batch function.
             ValueError: *window* is below 1.
             ImportError: ``progress=True`` and rich is not installed.
 
         .. versionadded:: 0.1.0
         """
+        if self._engine.streaming:
+            raise TypeError(_NOT_FOR_STREAMS.format("map"))
         if window is None:
             config = self._engine.config
             window = 4 * config.max_batch_size * config.max_concurrent_batches
@@ -602,6 +662,41 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             window=window,
             progress=progress,
         )
+
+    def stream(self, item: In, *, priority: float = 0) -> OutputStream[Out]:
+        """
+        Submit one item to a streaming batch function and iterate its outputs as they come.
+
+        fn must be an async generator function: each step yields one entry per row, a
+        value, :data:`END` (the row ended) or an ``Exception`` (the row fails alone).
+        ``async for out in scope.stream(x)`` gets this item's values in order, then
+        stops when its row ends (or raises its error). See the "Streaming" page.
+
+        The item is submitted when iteration starts; leaving the loop (``break``), the
+        ``async with scope.stream(x) as outs:`` block, or being cancelled ends the row at
+        once: fn sees ``current_batch().alive`` False for it, and once every row of a
+        batch is gone its generator is closed.
+
+        Args:
+            item: The item to pass to the batch function.
+            priority: As for :meth:`submit`.
+
+        Returns:
+            An async iterator of the item's outputs (also an async context manager).
+
+        Raises:
+            TypeError: fn is not an async generator function, or *priority* is not a
+                number (``ValueError``: not finite).
+
+        .. versionadded:: 0.2.0
+        """
+        _check_priority(priority)
+        if not self._engine.streaming:
+            raise TypeError(
+                f"stream() needs a streaming batch function (an async generator function); "
+                f"{self._engine.fn_name} is not one: use submit()"
+            )
+        return OutputStream(self._engine, item, priority)
 
     # -- introspection and control -------------------------------------------------------
 

@@ -203,6 +203,10 @@ class BatchStatistics:
     #: ``16`` partitions (by items), every other one summed under the key ``"(other)"``;
     #: empty without ``partition``. Read-only. (Added in 0.2.0.)
     partitions: Mapping[Hashable, PartitionStatistics] = attrs.field(hash=False)
+    #: Streamed rows (an async-generator fn): time from submit to the row's first output.
+    first_output_ms: Percentiles
+    #: Streamed rows: time between consecutive outputs of one row.
+    output_gap_ms: Percentiles
 
 
 @attrs.define(eq=False)
@@ -235,6 +239,8 @@ class Recorder:
     queue_waits: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
     latencies: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
     partitions: PartitionCounts = attrs.Factory(PartitionCounts)
+    first_outputs: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
+    output_gaps: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
 
     def snapshot(self) -> BatchStatistics:
         """Freeze the counters into a :class:`BatchStatistics`."""
@@ -268,4 +274,6 @@ class Recorder:
             isolation_calls=self.isolation_calls,
             scheduler_wakeups=self.scheduler_wakeups,
             partitions=self.partitions.snapshot(),
+            first_output_ms=Percentiles.of(self.first_outputs),
+            output_gap_ms=Percentiles.of(self.output_gaps),
         )
