@@ -420,7 +420,7 @@ class _BatchDecorator:
 
 def batch(
     *,
-    max_batch_size: int = 32,
+    max_batch_size: int | Literal["auto"] = 32,
     max_wait: float | timedelta | Literal["auto"] = 0.005,
     target_latency: float | timedelta | None = None,
     max_queue_size: int = 10_000,
@@ -443,6 +443,8 @@ def batch(
     collate: Collator[Any, Any] | None = None,
     device: Device | None = None,
     weight: float = 1.0,
+    batch_size_ceiling: int = 256,
+    oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
 ) -> _BatchDecorator:
     """
     Turn a batch function into one you call with one item at a time.
@@ -498,5 +500,7 @@ def batch(
             "collate": collate,
             "device": device,
             "weight": weight,
+            "batch_size_ceiling": batch_size_ceiling,
+            "oom_errors": oom_errors,
         }
     )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 import anyio
 import attrs
 
+from ._adaptive import BatchSizer
 from ._config import ScopeConfig
 from ._exceptions import (
     CircuitOpenError,
@@ -123,6 +124,8 @@ class Engine(Generic[In, Out]):
     failure: BaseException | None = None
     #: This scope's handle on its shared device (``device=``; set when it opens), or None.
     device: DeviceClient | None = None
+    #: The cap on items per batch (``max_batch_size="auto"``, ``oom_errors``).
+    sizer: BatchSizer = attrs.field(init=False)
     #: Open ``map`` iterators (stopped when the scope closes).
     maps: set[MapIterator[In, Out]] = attrs.field(init=False, factory=_no_maps)
     # -- set when the scope opens: they belong to its event loop ---------------------------
@@ -140,6 +143,10 @@ class Engine(Generic[In, Out]):
     scheduler: Scheduler[In, Out] = attrs.field(init=False)
     executor: Executor[In, Out] = attrs.field(init=False)
     task_group: TaskGroup = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.sizer = BatchSizer(self.recorder)
+        self.sizer.configured(self.config)
 
     def describe(self) -> str:
         """How messages name the scope: ``<BatchScope fn state>``."""

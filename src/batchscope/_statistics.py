@@ -116,6 +116,11 @@ class BatchStatistics:
     #: Times the scheduler task woke up (an arrival, a timer, a freed slot); an idle
     #: scope adds none.
     scheduler_wakeups: int
+    #: The most items a batch may hold now: ``max_batch_size``, or what
+    #: ``max_batch_size="auto"`` and the out-of-memory back-off make of it.
+    batch_size_cap: int = 0
+    #: Batches (or halves of them) split in two because fn raised one of ``oom_errors``.
+    oom_splits: int = 0
 
 
 @attrs.define(eq=False)
@@ -143,6 +148,8 @@ class Recorder:
     retries: int = 0
     isolation_calls: int = 0
     scheduler_wakeups: int = 0
+    batch_size_cap: int = 0
+    oom_splits: int = 0
     sizes: Counter[int] = attrs.Factory(Counter[int])
     reasons: dict[ReleaseReason, int] = attrs.Factory(lambda: dict.fromkeys(RELEASE_REASONS, 0))
     queue_waits: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
@@ -179,4 +186,6 @@ class Recorder:
             retries=self.retries,
             isolation_calls=self.isolation_calls,
             scheduler_wakeups=self.scheduler_wakeups,
+            batch_size_cap=self.batch_size_cap,
+            oom_splits=self.oom_splits,
         )
