@@ -46,8 +46,10 @@ class BatchSizer:
 
     def size(self, config: ScopeConfig, model: RunTimeModel, mean_cost: float) -> int:
         """The most items the next batch may hold (recorded as ``batch_size_cap``)."""
-        size = config.max_batch_size
-        if size == "auto":
+        size: int
+        if config.max_batch_size != "auto":
+            size = config.max_batch_size
+        else:
             target = config.target_latency
             assert target is not None
             wait = config.max_wait
@@ -56,7 +58,8 @@ class BatchSizer:
             per_item = mean_cost if config.cost is not None and mean_cost > 0 else 1.0
             fitting = load / per_item
             ceiling = config.batch_size_ceiling
-            size = ceiling if fitting >= ceiling else max(1, math.floor(fitting))
+            # A hair of tolerance: 0.05 / 0.001 must give 50, not 49.
+            size = ceiling if fitting >= ceiling else max(1, math.floor(fitting + 1e-9))
         cap = self.oom_cap
         if cap is not None:
             if cap >= size:

@@ -185,7 +185,7 @@ class RunTimeModel:
         """
         The largest load whose run time fits in *budget* seconds (``max_batch_size="auto"``):
         ``(budget - a) / b`` when the fit has a slope and agrees with the last batch
-        (within a quarter); otherwise, scaled from the last batch's time per unit of load
+        (within a tenth); otherwise, scaled from the last batch's time per unit of load
         (the speed changed, or every recent batch had the same load); ``inf`` before any
         batch has been timed, and at most twice the largest load in the window.
         """
@@ -194,7 +194,7 @@ class RunTimeModel:
             return math.inf
         last_x, last_y = samples[-1]
         a, b = self._a, self._b
-        if b > 0.0 and abs(a + b * last_x - last_y) <= 0.25 * last_y:
+        if b > 0.0 and abs(a + b * last_x - last_y) <= 0.1 * last_y:
             load = (budget - a) / b
         elif last_y > 0.0:
             load = budget * last_x / last_y
