@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "_map": 3,
     "_device": 3,
     "_streaming": 3,
+    "_adaptive": 3,
     # the façade
     "_scope": 4,
     "_decorator": 4,

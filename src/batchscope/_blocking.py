@@ -84,7 +84,7 @@ class BlockingBatchScope(Generic[In, Out]):
         *,
         backend: str = "asyncio",
         backend_options: dict[str, Any] | None = None,
-        max_batch_size: int = 32,
+        max_batch_size: int | Literal["auto"] = 32,
         max_wait: float | timedelta | Literal["auto"] = 0.005,
         target_latency: float | timedelta | None = None,
         max_queue_size: int = 10_000,
@@ -109,6 +109,8 @@ class BlockingBatchScope(Generic[In, Out]):
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
         admission: Admission = "queue",
+        batch_size_ceiling: int = 256,
+        oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
     ) -> None: ...
 
     @overload
@@ -118,7 +120,7 @@ class BlockingBatchScope(Generic[In, Out]):
         *,
         backend: str = "asyncio",
         backend_options: dict[str, Any] | None = None,
-        max_batch_size: int = 32,
+        max_batch_size: int | Literal["auto"] = 32,
         max_wait: float | timedelta | Literal["auto"] = 0.005,
         target_latency: float | timedelta | None = None,
         max_queue_size: int = 10_000,
@@ -143,6 +145,8 @@ class BlockingBatchScope(Generic[In, Out]):
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
         admission: Admission = "queue",
+        batch_size_ceiling: int = 256,
+        oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
     ) -> None: ...
 
     def __init__(
@@ -151,7 +155,7 @@ class BlockingBatchScope(Generic[In, Out]):
         *,
         backend: str = "asyncio",
         backend_options: dict[str, Any] | None = None,
-        max_batch_size: int = 32,
+        max_batch_size: int | Literal["auto"] = 32,
         max_wait: float | timedelta | Literal["auto"] = 0.005,
         target_latency: float | timedelta | None = None,
         max_queue_size: int = 10_000,
@@ -176,6 +180,8 @@ class BlockingBatchScope(Generic[In, Out]):
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
         admission: Admission = "queue",
+        batch_size_ceiling: int = 256,
+        oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
     ) -> None:
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"'backend' must be 'asyncio' or 'trio', got {backend!r}")
@@ -209,6 +215,8 @@ class BlockingBatchScope(Generic[In, Out]):
             weight=weight,
             partition=partition,
             admission=admission,
+            batch_size_ceiling=batch_size_ceiling,
+            oom_errors=oom_errors,
         )
         self._backend = backend
         self._backend_options = backend_options
@@ -455,7 +463,7 @@ class BlockingBatchScope(Generic[In, Out]):
     def configure(
         self,
         *,
-        max_batch_size: int | None = None,
+        max_batch_size: int | Literal["auto"] | None = None,
         max_wait: float | timedelta | Literal["auto"] | None = None,
         target_latency: float | timedelta | None = None,
         max_concurrent_batches: int | None = None,
@@ -466,9 +474,10 @@ class BlockingBatchScope(Generic[In, Out]):
         The same options as :meth:`BatchScope.configure <batchscope.BatchScope.configure>`.
 
         Args:
-            max_batch_size: New hard cap on items per batch.
+            max_batch_size: New hard cap on items per batch (or ``"auto"``).
             max_wait: New wait for companions (or ``"auto"``).
-            target_latency: New latency target for ``max_wait="auto"``.
+            target_latency: New latency target for ``max_wait="auto"`` and
+                ``max_batch_size="auto"``.
             max_concurrent_batches: New number of batches that may run at once.
 
         Raises:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from datetime import timedelta
-from typing import Any, Literal, final, get_args
+from typing import Any, Literal, cast, final, get_args
 
 import attrs
 
@@ -36,6 +36,25 @@ Admission = Literal["queue", "deadline"]
 
 def _positive_int(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     check_int(attribute.name, value, minimum=1)
+
+
+def _max_batch_size(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value != "auto":
+        check_int("max_batch_size", value, minimum=1)
+
+
+def _oom_errors(
+    value: type[Exception] | tuple[type[Exception], ...],
+) -> tuple[type[Exception], ...]:
+    kinds: tuple[object, ...] = (
+        cast("tuple[object, ...]", value) if isinstance(value, tuple) else (value,)
+    )
+    for kind in kinds:
+        if not (isinstance(kind, type) and issubclass(kind, Exception)):
+            raise TypeError(
+                f"'oom_errors' must be an Exception subclass or a tuple of them, got {value!r}"
+            )
+    return cast("tuple[type[Exception], ...]", kinds)
 
 
 def _max_wait(value: float | timedelta | Literal["auto"]) -> float | Literal["auto"]:
@@ -113,12 +132,14 @@ class ScopeConfig:
     Durations are stored as float seconds whatever the user passed.
     """
 
-    #: Hard cap on items per batch.
-    max_batch_size: int = attrs.field(default=32, validator=_positive_int)
+    #: Hard cap on items per batch, or ``"auto"`` (the largest batch that meets
+    #: ``target_latency`` by the fitted cost model, at most ``batch_size_ceiling``).
+    max_batch_size: int | Literal["auto"] = attrs.field(default=32, validator=_max_batch_size)
     #: Seconds the oldest pending item waits for companions, or ``"auto"`` (picked from
     #: the fitted cost model to meet ``target_latency``).
     max_wait: float | Literal["auto"] = attrs.field(default=0.005, converter=_max_wait)
-    #: Seconds of end-to-end latency ``max_wait="auto"`` aims for (None otherwise).
+    #: Seconds of end-to-end latency ``max_wait="auto"`` and ``max_batch_size="auto"`` aim
+    #: for (None otherwise).
     target_latency: float | None = attrs.field(default=None, converter=_target_latency)
     #: Bound on pending items: the buffer of the scope's channel.
     max_queue_size: int = attrs.field(default=10_000, validator=_positive_int)
@@ -168,13 +189,30 @@ class ScopeConfig:
     #: ``"deadline"`` (refuse at once, with :class:`~batchscope.DeadlineUnmeetableError`,
     #: one whose caller's deadline the backlog ahead says cannot be met).
     admission: Admission = attrs.field(default="queue", validator=_choice(*get_args(Admission)))
+    #: With ``max_batch_size="auto"``, the largest batch size it may choose.
+    batch_size_ceiling: int = attrs.field(default=256, validator=_positive_int)
+    #: Exceptions meaning "out of memory": a batch whose call raises one is split in halves
+    #: and retried, and the batch size cap drops, then grows back step by step.
+    oom_errors: tuple[type[Exception], ...] = attrs.field(default=(), converter=_oom_errors)
+
+    @property
+    def batch_size_bound(self) -> int:
+        """The largest batch the options allow: ``max_batch_size``, or the ceiling."""
+        size = self.max_batch_size
+        return self.batch_size_ceiling if size == "auto" else size
 
     def __attrs_post_init__(self) -> None:
         # Options that only make sense together.
         if self.max_wait == "auto" and self.target_latency is None:
             raise ValueError("max_wait='auto' needs 'target_latency' (seconds)")
-        if self.target_latency is not None and self.max_wait != "auto":
-            raise ValueError("'target_latency' applies only with max_wait='auto'")
+        if self.max_batch_size == "auto" and self.target_latency is None:
+            raise ValueError("max_batch_size='auto' needs 'target_latency' (seconds)")
+        if self.target_latency is not None and "auto" not in (self.max_wait, self.max_batch_size):
+            raise ValueError(
+                "'target_latency' applies only with max_wait='auto' or max_batch_size='auto'"
+            )
+        if self.batch_size_ceiling != 256 and self.max_batch_size != "auto":
+            raise ValueError("'batch_size_ceiling' applies only with max_batch_size='auto'")
         if self.max_batch_cost is not None and self.cost is None:
             raise ValueError("'max_batch_cost' needs a 'cost' function (for example cost=len)")
         if self.weight != 1.0 and self.device is None:

@@ -420,7 +420,7 @@ class _BatchDecorator:
 
 def batch(
     *,
-    max_batch_size: int = 32,
+    max_batch_size: int | Literal["auto"] = 32,
     max_wait: float | timedelta | Literal["auto"] = 0.005,
     target_latency: float | timedelta | None = None,
     max_queue_size: int = 10_000,
@@ -445,6 +445,8 @@ def batch(
     weight: float = 1.0,
     partition: Callable[[Any], Hashable] | None = None,
     admission: Admission = "queue",
+    batch_size_ceiling: int = 256,
+    oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
 ) -> _BatchDecorator:
     """
     Turn a batch function into one you call with one item at a time.
@@ -502,5 +504,7 @@ def batch(
             "weight": weight,
             "partition": partition,
             "admission": admission,
+            "batch_size_ceiling": batch_size_ceiling,
+            "oom_errors": oom_errors,
         }
     )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 import anyio
 import attrs
 
+from ._adaptive import BatchSizer
 from ._admission import drain_time, judge
 from ._config import ScopeConfig
 from ._exceptions import (
@@ -126,6 +127,8 @@ class Engine(Generic[In, Out]):
     device: DeviceClient | None = None
     #: Whether fn is an async generator: items stream their outputs (``_streaming``).
     streaming: bool = False
+    #: The cap on items per batch (``max_batch_size="auto"``, ``oom_errors``).
+    sizer: BatchSizer = attrs.field(init=False)
     #: Open ``map`` iterators (stopped when the scope closes).
     maps: set[MapIterator[In, Out]] = attrs.field(init=False, factory=_no_maps)
     #: Until when dispatch is held: an upstream said "slow down" (fn raised an exception
@@ -146,6 +149,10 @@ class Engine(Generic[In, Out]):
     scheduler: Scheduler[In, Out] = attrs.field(init=False)
     executor: Executor[In, Out] = attrs.field(init=False)
     task_group: TaskGroup = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.sizer = BatchSizer(self.recorder)
+        self.sizer.configured(self.config)
 
     def describe(self) -> str:
         """How messages name the scope: ``<BatchScope fn state>``."""

@@ -357,6 +357,12 @@ class Executor(Generic[In, Out]):
             try:
                 results = await self._call_limited(live, batch if attempt == 1 else None)
             except Exception as exc:
+                oom = config.oom_errors
+                if oom and isinstance(exc, oom) and len(live) > 1:
+                    # Out of memory: not worth a retry at the same size. Split it.
+                    self._out_of_memory(live, exc)
+                    await self._isolate(live, exc, oom)
+                    return any(item.error is not None for item in live)
                 # An upstream that says "slow down" holds the whole scope's dispatch.
                 paused = slow_down(self._engine, exc)
                 if retrying and retry is not None and isinstance(exc, retry.on):
@@ -376,6 +382,8 @@ class Executor(Generic[In, Out]):
                 else:
                     self.fail_all(live, exc)
                 return True
+            if config.oom_errors:
+                self._engine.sizer.succeeded(len(live))
             again = self._route(live, results, retry.on if retrying and retry else None)
             if not again:
                 return False
@@ -384,28 +392,62 @@ class Executor(Generic[In, Out]):
             await anyio.sleep(wait)
         return False
 
-    async def _isolate(self, items: list[Item[In, Out]], error: Exception) -> None:
+    async def _isolate(
+        self,
+        items: list[Item[In, Out]],
+        error: Exception,
+        oom: tuple[type[Exception], ...] = (),
+    ) -> None:
         """
         Find the items that make fn raise by splitting the batch in halves, recursively.
 
         Items that succeed in a half get their results; an item that fails alone gets its
         own exception. k bad items in a batch of n cost O(k log n) extra calls.
+
+        Also the out-of-memory back-off (*oom*: ``oom_errors``): a half that runs out of
+        memory again is split again; one that raises anything else is isolated only
+        with ``isolate_failures``, and otherwise fails whole.
         """
         if len(items) == 1:
             self.fail_all(items, error)
             return
+        engine = self._engine
+        isolating = not (oom and isinstance(error, oom))
         middle = len(items) // 2
         for half in (items[:middle], items[middle:]):
             live = [item for item in half if item.state == RUNNING]
             if not live:
                 continue
-            self._engine.recorder.isolation_calls += 1
+            if isolating:
+                engine.recorder.isolation_calls += 1
             try:
                 results = await self._call_limited(live, None)
             except Exception as exc:
-                await self._isolate(live, exc)
+                if oom and isinstance(exc, oom):
+                    if len(live) > 1:
+                        self._out_of_memory(live, exc)
+                    await self._isolate(live, exc, oom)
+                elif engine.config.isolate_failures:
+                    await self._isolate(live, exc, oom)
+                else:
+                    self.fail_all(live, exc)
             else:
                 self._route(live, results, None)
+
+    def _out_of_memory(self, items: list[Item[In, Out]], error: Exception) -> None:
+        """A call on *items* ran out of memory: count the split, lower the cap, warn."""
+        engine = self._engine
+        engine.recorder.oom_splits += 1
+        cap = engine.sizer.out_of_memory(len(items))
+        engine.log.log(
+            logging.WARNING,
+            f"oom:{type(error).__name__}",
+            "batchscope: the batch function ran out of memory (%s) on a batch of %s; "
+            "splitting it in halves, batch size cap now %d",
+            type(error).__name__,
+            _items(len(items)),
+            cap,
+        )
 
     async def _call_limited(self, items: list[Item[In, Out]], timed: Batch[In, Out] | None) -> Any:
         """One call of fn on *items*: rate limits, then ``batch_timeout``; times *timed*."""

@@ -181,6 +181,27 @@ class RunTimeModel:
             ),
         )
 
+    def largest_load(self, budget: float) -> float:
+        """
+        The largest load whose run time fits in *budget* seconds (``max_batch_size="auto"``):
+        ``(budget - a) / b`` when the fit has a slope and agrees with the last batch
+        (within a tenth); otherwise, scaled from the last batch's time per unit of load
+        (the speed changed, or every recent batch had the same load); ``inf`` before any
+        batch has been timed, and at most twice the largest load in the window.
+        """
+        samples = self._samples
+        if not samples:
+            return math.inf
+        last_x, last_y = samples[-1]
+        a, b = self._a, self._b
+        if b > 0.0 and abs(a + b * last_x - last_y) <= 0.1 * last_y:
+            load = (budget - a) / b
+        elif last_y > 0.0:
+            load = budget * last_x / last_y
+        else:
+            load = math.inf
+        return max(0.0, min(load, 2.0 * max(x for x, _ in samples)))
+
 
 class Scheduler(Generic[In, Out]):
     """Forms batches from the pool and hands them to the executor."""
@@ -210,25 +231,26 @@ class Scheduler(Generic[In, Out]):
         #: How late the scheduler's timers fire: a decaying maximum (see LATENESS_DECAY).
         self.lateness: float = 0.0
 
-    def _full_load(self, mean_cost: float) -> float:
-        """The load of a full batch."""
+    def _full_load(self, mean_cost: float, size: int) -> float:
+        """The load of a full batch of at most *size* items."""
         config = self._engine.config
         if config.cost is None:
-            return float(config.max_batch_size)
-        return config.max_batch_cost or config.max_batch_size * mean_cost
+            return float(size)
+        return config.max_batch_cost or size * mean_cost
 
     def _limits(self) -> Limits:
         config = self._engine.config
         pool = self.pool
         model = self.model
         mean_cost = pool.pending_cost / pool.live if pool.live else 1.0
+        size = self._engine.sizer.size(config, model, mean_cost)
         if config.cost is None:
-            next_load = float(min(pool.live, config.max_batch_size) or 1)
+            next_load = float(min(pool.live, size) or 1)
         else:
-            next_load = min(pool.live, config.max_batch_size) * mean_cost or 1.0
+            next_load = min(pool.live, size) * mean_cost or 1.0
         if config.max_wait == "auto":
             assert config.target_latency is not None
-            wait = max(0.0, config.target_latency - model.predict(self._full_load(mean_cost)))
+            wait = max(0.0, config.target_latency - model.predict(self._full_load(mean_cost, size)))
         else:
             wait = config.max_wait
         runtime = model.predict(next_load)
@@ -237,7 +259,7 @@ class Scheduler(Generic[In, Out]):
             lead = runtime + max(0.5 * runtime, TIMER_SLACK) + self.lateness
             confirmed = model.confirmed(next_load)
         return Limits(
-            max_batch_size=config.max_batch_size,
+            max_batch_size=size,
             wait=wait,
             max_batch_cost=config.max_batch_cost,
             padded=config.cost_mode == "padded",
@@ -433,7 +455,7 @@ class Scheduler(Generic[In, Out]):
         receive = self._receive
         pool = self.pool
         config = self._engine.config
-        size = config.max_batch_size
+        size = self._engine.recorder.batch_size_cap
         # With a cost, or a caller's deadline in the pool, the limits (and the run time
         # a deadline is judged against) move with every arrival.
         every_arrival_counts = (
@@ -488,7 +510,8 @@ class Scheduler(Generic[In, Out]):
                 if confirmed is None:
                     pool = self.pool
                     mean_cost = pool.pending_cost / pool.live if pool.live else item.cost
-                    confirmed = self.model.confirmed(self._full_load(mean_cost))
+                    size = self._engine.recorder.batch_size_cap
+                    confirmed = self.model.confirmed(self._full_load(mean_cost, size))
                 if item.deadline >= now + confirmed:
                     del limbo[item]
                     self.pool.add(item)

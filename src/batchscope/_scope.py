@@ -133,12 +133,16 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             ``collections.abc.Sequence``, or a NumPy/CuPy/PyTorch array) of one result
             per item; anything else fails the batch with ``TypeError``: a mapping, a
             set, ``str``/``bytes``, and an iterator or generator (return a list).
-        max_batch_size: Hard cap on items per batch.
+        max_batch_size: Hard cap on items per batch, or ``"auto"``: the largest batch
+            whose predicted run time (the scope's fitted model of batch run time) plus
+            the wait for companions meets ``target_latency``, recomputed as the model
+            learns, at least 1 and at most ``batch_size_ceiling``.
         max_wait: Seconds (or a ``timedelta``) the oldest pending item waits at most for
             companions before a partial batch goes. A full batch goes at once. ``"auto"``
             waits as long as a full batch still finishes within ``target_latency``, by
             the scope's fitted model of batch run time.
-        target_latency: With ``max_wait="auto"``, the end-to-end latency to aim for.
+        target_latency: With ``max_wait="auto"`` or ``max_batch_size="auto"``, the
+            end-to-end latency to aim for (with both, a batch gets half of it).
         max_queue_size: Bound on pending (queued, not yet dispatched) items.
         on_full: ``"wait"``: ``submit`` waits for room in the queue (backpressure);
             ``"reject"``: ``submit`` raises :class:`QueueFullError` at once.
@@ -196,6 +200,13 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             ``retry_after`` says when to try again) when the backlog ahead of it and the
             fitted model of batch run time say it cannot finish in time, instead of
             queueing work that would be thrown away.
+        batch_size_ceiling: With ``max_batch_size="auto"``, the largest batch it may
+            choose.
+        oom_errors: Exception classes meaning "out of memory" (``MemoryError``,
+            ``torch.cuda.OutOfMemoryError``): a batch whose call raises one is split in
+            halves and each half retried (an item alone that still raises fails with
+            it), and the batch size cap drops to half, then grows back by a quarter
+            after every few batches that succeed at the cap.
 
     Raises:
         TypeError: *fn* is not callable, or an option has the wrong type.
@@ -209,7 +220,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         self,
         fn: BatchFunction[In, Out],
         *,
-        max_batch_size: int = 32,
+        max_batch_size: int | Literal["auto"] = 32,
         max_wait: float | timedelta | Literal["auto"] = 0.005,
         target_latency: float | timedelta | None = None,
         max_queue_size: int = 10_000,
@@ -234,6 +245,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
         admission: Admission = "queue",
+        batch_size_ceiling: int = 256,
+        oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
     ) -> None: ...
 
     @overload
@@ -241,7 +254,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         self,
         fn: StreamFunction[In, Out],
         *,
-        max_batch_size: int = 32,
+        max_batch_size: int | Literal["auto"] = 32,
         max_wait: float | timedelta | Literal["auto"] = 0.005,
         target_latency: float | timedelta | None = None,
         max_queue_size: int = 10_000,
@@ -266,6 +279,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
         admission: Admission = "queue",
+        batch_size_ceiling: int = 256,
+        oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
     ) -> None: ...
 
     @overload
@@ -273,7 +288,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         self,
         fn: Callable[[Any], Any],
         *,
-        max_batch_size: int = 32,
+        max_batch_size: int | Literal["auto"] = 32,
         max_wait: float | timedelta | Literal["auto"] = 0.005,
         target_latency: float | timedelta | None = None,
         max_queue_size: int = 10_000,
@@ -298,13 +313,15 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
         admission: Admission = "queue",
+        batch_size_ceiling: int = 256,
+        oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
     ) -> None: ...
 
     def __init__(
         self,
         fn: BatchFunction[In, Out] | Callable[[Any], Any],
         *,
-        max_batch_size: int = 32,
+        max_batch_size: int | Literal["auto"] = 32,
         max_wait: float | timedelta | Literal["auto"] = 0.005,
         target_latency: float | timedelta | None = None,
         max_queue_size: int = 10_000,
@@ -329,6 +346,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
         admission: Admission = "queue",
+        batch_size_ceiling: int = 256,
+        oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
     ) -> None:
         if not callable(fn):
             raise TypeError(f"'fn' must be callable, not {type(fn).__name__}")
@@ -360,6 +379,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             weight=weight,
             partition=partition,
             admission=admission,
+            batch_size_ceiling=batch_size_ceiling,
+            oom_errors=oom_errors,
         )
         if not isinstance(cast(object, device), Device | None):
             raise TypeError(f"'device' must be a bs.Device(...), not {type(device).__name__}")
@@ -633,7 +654,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             return_exceptions: Yield an item's exception instead of raising it (which
                 stops the iteration and withdraws the rest).
             window: The most items pulled from the source and not yet yielded; None means
-                ``4 * max_batch_size * max_concurrent_batches``.
+                ``4 * max_batch_size * max_concurrent_batches`` (with
+                ``max_batch_size="auto"``, its ceiling).
             progress: Show a live progress bar on stderr (needs rich: the ``progress``
                 extra); it works under asyncio and Trio alike.
 
@@ -651,7 +673,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             raise TypeError(_NOT_FOR_STREAMS.format("map"))
         if window is None:
             config = self._engine.config
-            window = 4 * config.max_batch_size * config.max_concurrent_batches
+            window = 4 * config.batch_size_bound * config.max_concurrent_batches
         else:
             check_int("window", window, minimum=1)
         return MapIterator(
@@ -711,7 +733,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
     def configure(
         self,
         *,
-        max_batch_size: int | None = None,
+        max_batch_size: int | Literal["auto"] | None = None,
         max_wait: float | timedelta | Literal["auto"] | None = None,
         target_latency: float | timedelta | None = None,
         max_concurrent_batches: int | None = None,
@@ -720,9 +742,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         Change options of a scope, open or not; they apply from the next batch.
 
         Args:
-            max_batch_size: New hard cap on items per batch.
+            max_batch_size: New hard cap on items per batch (or ``"auto"``).
             max_wait: New wait for companions (or ``"auto"``).
-            target_latency: New latency target for ``max_wait="auto"``.
+            target_latency: New latency target for ``max_wait="auto"`` and
+                ``max_batch_size="auto"``; dropped when neither stays ``"auto"``.
             max_concurrent_batches: New number of batches that may run at once.
 
         Raises:
@@ -735,14 +758,18 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             changes["max_batch_size"] = max_batch_size
         if max_wait is not None:
             changes["max_wait"] = max_wait
-            if max_wait != "auto":
-                changes["target_latency"] = None
+        engine = self._engine
         if target_latency is not None:
             changes["target_latency"] = target_latency
+        elif "auto" not in (
+            changes.get("max_wait", engine.config.max_wait),
+            changes.get("max_batch_size", engine.config.max_batch_size),
+        ):
+            changes["target_latency"] = None
         if max_concurrent_batches is not None:
             changes["max_concurrent_batches"] = max_concurrent_batches
-        engine = self._engine
         engine.config = attrs.evolve(engine.config, **changes)
+        engine.sizer.configured(engine.config)
         if engine.state is ScopeState.OPEN or engine.state is ScopeState.CLOSING:
             engine.executor.set_capacity(engine.config.max_concurrent_batches)
             engine.scheduler.wake()

@@ -207,6 +207,11 @@ class BatchStatistics:
     first_output_ms: Percentiles
     #: Streamed rows: time between consecutive outputs of one row.
     output_gap_ms: Percentiles
+    #: The most items a batch may hold now: ``max_batch_size``, or what
+    #: ``max_batch_size="auto"`` and the out-of-memory back-off make of it.
+    batch_size_cap: int = 0
+    #: Batches (or halves of them) split in two because fn raised one of ``oom_errors``.
+    oom_splits: int = 0
 
 
 @attrs.define(eq=False)
@@ -234,6 +239,8 @@ class Recorder:
     retries: int = 0
     isolation_calls: int = 0
     scheduler_wakeups: int = 0
+    batch_size_cap: int = 0
+    oom_splits: int = 0
     sizes: Counter[int] = attrs.Factory(Counter[int])
     reasons: dict[ReleaseReason, int] = attrs.Factory(lambda: dict.fromkeys(RELEASE_REASONS, 0))
     queue_waits: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
@@ -276,4 +283,6 @@ class Recorder:
             partitions=self.partitions.snapshot(),
             first_output_ms=Percentiles.of(self.first_outputs),
             output_gap_ms=Percentiles.of(self.output_gaps),
+            batch_size_cap=self.batch_size_cap,
+            oom_splits=self.oom_splits,
         )
