@@ -163,11 +163,12 @@ async def test_configure_switches_a_running_scope_to_auto() -> None:
     async with bs.BatchScope(fn, max_batch_size=100, max_wait=0.010) as scope:
         await scope.submit_many(range(100))
         scope.configure(max_batch_size="auto", target_latency=0.030)
-        assert scope.config.target_latency == 0.030
+        targets: list[float | None] = [scope.config.target_latency]
         await scope.submit_many(range(100))
         stats = scope.statistics()
         scope.configure(max_batch_size=16)  # neither is 'auto' now: the target is dropped
-        assert scope.config.target_latency is None
+        targets.append(scope.config.target_latency)
+        assert targets == [0.030, None]
         assert scope.statistics().batch_size_cap == 16
     assert fn.sizes == [100, 20, 20, 20, 20, 20]
     assert stats.batch_size_cap == 20

@@ -37,7 +37,9 @@ __all__ = ["drain_time", "judge", "retry_after_of", "slow_down"]
 def _batch(engine: Engine[Any, Any], cost: float) -> tuple[float, float]:
     """(items in a full batch, run time of a full batch) by the fitted model."""
     config = engine.config
-    size = config.max_batch_size
+    # The cap in force at the scheduler's last look (max_batch_size="auto" and the
+    # out-of-memory back-off move it), or what the options allow before any.
+    size = engine.recorder.batch_size_cap or config.batch_size_bound
     model = engine.scheduler.model
     if config.cost is None:
         return float(size), model.predict(float(size))

@@ -107,24 +107,24 @@ class DeviceClient:
     )
 
     def __init__(self, device: Device, name: str, weight: float, wake: Callable[[], None]) -> None:
-        self.device = device
-        self.name = name
-        self.weight = weight
+        self.device: Device = device
+        self.name: str = name
+        self.weight: float = weight
         #: Pokes the scope's scheduler (``Scheduler.wake``).
-        self.wake = wake
+        self.wake: Callable[[], None] = wake
         #: Credit in cost units (deficit round robin).
-        self.deficit = 0.0
+        self.deficit: float = 0.0
         #: The load of the due batch it waits to run.
-        self.want = 0.0
+        self.want: float = 0.0
         #: When it started waiting (inf: not waiting).
-        self.asked_at = math.inf
+        self.asked_at: float = math.inf
         #: A slot the device holds for it.
-        self.held = False
-        self.batches = 0
-        self.load = 0.0
-        self.busy = 0.0
-        self.waited = 0.0
-        self.wait = 0.0
+        self.held: bool = False
+        self.batches: int = 0
+        self.load: float = 0.0
+        self.busy: float = 0.0
+        self.waited: float = 0.0
+        self.wait: float = 0.0
 
     def may_run(self) -> bool:
         """Whether the scope may take a slot now (one is free, or held for it)."""
@@ -212,11 +212,11 @@ class Device:
         self._slots = slots
         self._aging = seconds
         #: Free slots (not running a batch, not held for a chosen scope).
-        self.free = slots
+        self.free: int = slots
         #: Scopes waiting for a slot, in round-robin order; the head has the turn.
         self.ring: deque[DeviceClient] = deque()
         #: Credit per turn at weight 1: the largest batch load seen.
-        self.quantum = 1.0
+        self.quantum: float = 1.0
         self._clients: list[DeviceClient] = []
         self._token: object = None
         #: The scope whose turn it is (it keeps the turn while its credit lasts).

@@ -25,7 +25,7 @@ Needs Starlette (FastAPI is built on it): ``pip install 'batchscope[asgi]'``.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Union
 
@@ -84,7 +84,7 @@ def lifespan(
     """
 
     @asynccontextmanager
-    async def run(app: Any) -> AsyncIterator[dict[str, Any]]:
+    async def run(app: Any) -> AsyncGenerator[dict[str, Any], None]:
         async with AsyncExitStack() as stack:
             state: dict[str, Any] = {}
             for name, servable in scopes.items():
