@@ -200,24 +200,7 @@ class Stepper(Generic[In, Out]):
         recorder.submitted += 1
         cost = 1.0 if self.config.cost is None else self._cost_of(value, self.config.cost)
         if not self.room.take_nowait():
-            if self.config.on_full == "reject":
-                recorder.rejected += 1
-                raise QueueFullError(
-                    f"the queue of {self.describe()} holds max_queue_size="
-                    f"{self.config.max_queue_size} waiting items"
-                )
-            recorder.admitting += 1
-            try:
-                await self.room.take()
-            except BaseException:
-                recorder.admitting -= 1
-                recorder.cancelled += 1
-                raise
-            recorder.admitting -= 1
-            if self.state is not ScopeState.OPEN:
-                self.room.release()  # pass the wake-up on to the next waiter
-                recorder.rejected += 1
-                raise self.closed_error()
+            await self._wait_for_room()
         send, receive = anyio.create_memory_object_stream[Out](self.config.max_buffered)
         item = RowItem(
             value, priority, cost, anyio.current_time(), anyio.current_effective_deadline(), send
@@ -225,6 +208,28 @@ class Stepper(Generic[In, Out]):
         recorder.pending += 1
         self.send.send_nowait(item)
         return item, receive
+
+    async def _wait_for_room(self) -> None:
+        """The queue is full: reject, or wait for room (``on_full``)."""
+        recorder = self.recorder
+        if self.config.on_full == "reject":
+            recorder.rejected += 1
+            raise QueueFullError(
+                f"the queue of {self.describe()} holds max_queue_size="
+                f"{self.config.max_queue_size} waiting items"
+            )
+        recorder.admitting += 1
+        try:
+            await self.room.take()
+        except BaseException:
+            recorder.admitting -= 1
+            recorder.cancelled += 1
+            raise
+        recorder.admitting -= 1
+        if self.state is not ScopeState.OPEN:
+            self.room.release()  # pass the wake-up on to the next waiter
+            recorder.rejected += 1
+            raise self.closed_error()
 
     def _cost_of(self, value: In, cost_fn: Callable[[In], float]) -> float:
         try:
@@ -290,6 +295,7 @@ class Stepper(Generic[In, Out]):
             if self.state is not ScopeState.OPEN and self._drained():
                 return
             self._parked = True
+            token: RowItem[In, Out] | None = None
             try:
                 if self.expired:
                     # Their callers' deadlines passed: give the cancellations a moment
@@ -401,7 +407,7 @@ class Stepper(Generic[In, Out]):
         recorder.sizes[len(items)] += 1
         rows = [item.row for item in items]
         try:
-            outputs = await self.step(rows)  # type: ignore[arg-type]
+            outputs: object = await self.step(rows)  # type: ignore[arg-type]
         except Exception as exc:
             self._advance(rows)
             for item in items:
@@ -424,7 +430,7 @@ class Stepper(Generic[In, Out]):
                 self._fail(item, error)
             return
         now = anyio.current_time()
-        for item, output in zip(items, outputs):
+        for item, output in zip(items, outputs, strict=True):
             if item.state != RUNNING:
                 continue  # its caller left during the step: the output is dropped
             if isinstance(output, End):
