@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
 
 import anyio
 import anyio.lowlevel
@@ -407,7 +407,7 @@ class Stepper(Generic[In, Out]):
         recorder.sizes[len(items)] += 1
         rows = [item.row for item in items]
         try:
-            outputs: object = await self.step(rows)  # type: ignore[arg-type]
+            outputs = cast(object, await self.step(rows))  # type: ignore[arg-type]
         except Exception as exc:
             self._advance(rows)
             for item in items:
@@ -422,15 +422,16 @@ class Stepper(Generic[In, Out]):
             for item in items:
                 self._fail(item, error)
             return
-        if len(outputs) != len(items):
+        results = cast("Sequence[Any]", outputs)
+        if len(results) != len(items):
             error = BatchSizeMismatchError(
-                f"the step function returned {len(outputs)} outputs for {len(items)} rows"
+                f"the step function returned {len(results)} outputs for {len(items)} rows"
             )
             for item in items:
                 self._fail(item, error)
             return
         now = anyio.current_time()
-        for item, output in zip(items, outputs, strict=True):
+        for item, output in zip(items, results, strict=True):
             if item.state != RUNNING:
                 continue  # its caller left during the step: the output is dropped
             if isinstance(output, End):
