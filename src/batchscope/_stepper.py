@@ -422,7 +422,7 @@ class Stepper(Generic[In, Out]):
             for item in items:
                 self._fail(item, error)
             return
-        results = cast("Sequence[Any]", outputs)
+        results: Sequence[Any] = outputs  # pyright: ignore[reportUnknownVariableType]
         if len(results) != len(items):
             error = BatchSizeMismatchError(
                 f"the step function returned {len(results)} outputs for {len(items)} rows"
