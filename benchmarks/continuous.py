@@ -71,10 +71,10 @@ async def run_static(load: list[tuple[float, int]], max_active: int) -> tuple[fl
         return [None] * len(batch)
 
     start = anyio.current_time()
-    async with bs.BatchScope(generate, max_batch_size=max_active, max_wait=0.005) as scope:
-        async with anyio.create_task_group() as tg:
-            for index, (arrival, n) in enumerate(load):
-                tg.start_soon(_submit_at, scope.submit, start + arrival, (index, n))
+    scope = bs.BatchScope(generate, max_batch_size=max_active, max_wait=0.005)
+    async with scope, anyio.create_task_group() as tg:
+        for index, (arrival, n) in enumerate(load):
+            tg.start_soon(_submit_at, scope.submit, start + arrival, (index, n))
     return _measure(load, start, first, last)
 
 
@@ -99,10 +99,10 @@ async def run_continuous(load: list[tuple[float, int]], max_active: int) -> tupl
         return outputs
 
     start = anyio.current_time()
-    async with bs.ContinuousScope(step, max_active=max_active) as scope:
-        async with anyio.create_task_group() as tg:
-            for index, (arrival, n) in enumerate(load):
-                tg.start_soon(_submit_at, scope.submit, start + arrival, (index, n))
+    continuous = bs.ContinuousScope(step, max_active=max_active)
+    async with continuous, anyio.create_task_group() as tg:
+        for index, (arrival, n) in enumerate(load):
+            tg.start_soon(_submit_at, continuous.submit, start + arrival, (index, n))
     return _measure(load, start, first, last)
 
 

@@ -381,10 +381,12 @@ async def test_priority_policy_joins_lower_priority_first() -> None:
         bs.ContinuousScope(gen, max_active=1, policy="priority") as scope,
         anyio.create_task_group() as tg,
     ):
-        tg.start_soon(scope.submit, 1)
-        await anyio.wait_all_tasks_blocked()
-        for n, priority in ((2, 5), (3, 1)):
-            tg.start_soon(lambda n=n, p=priority: scope.submit(n, priority=p))
+
+        async def run(n: int, priority: float) -> None:
+            await scope.submit(n, priority=priority)
+
+        for n, priority in ((1, 0), (2, 5), (3, 1)):
+            tg.start_soon(run, n, priority)
             await anyio.wait_all_tasks_blocked()
     assert [step[0] for step in gen.steps] == [1, 1, 3, 3, 3, 3, 2, 2, 2]
 

@@ -96,7 +96,7 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
 
     def __init__(
         self,
-        step: StepFunction[In],
+        step: StepFunction[In, Out],
         *,
         max_active: int = 16,
         max_active_cost: float | None = None,

@@ -125,13 +125,13 @@ class RowItem(Item[In, Out]):
 
 
 #: ``step(rows) -> one output per row``: a value, ``bs.END``, or an exception instance.
-StepFunction = Callable[[list[Row[In]]], Awaitable[Sequence[Any]]]
+StepFunction = Callable[[list[Row[In]]], Awaitable[Sequence[Out | End | Exception]]]
 
 
 class Stepper(Generic[In, Out]):
     """The task stepping one scope's active rows, and the rows' bookkeeping."""
 
-    def __init__(self, step: StepFunction[In], config: ContinuousConfig, pool: Pool) -> None:
+    def __init__(self, step: StepFunction[In, Out], config: ContinuousConfig, pool: Pool) -> None:
         self.step = step
         self.config = config
         self.pool = pool
