@@ -241,30 +241,38 @@ async def test_step_exception_fails_its_rows_and_scope_serves_on() -> None:
 @pytest.mark.virtual_time
 async def test_exception_output_fails_that_row_alone() -> None:
     """An exception instance as a row's output fails that row; the others go on."""
+    steps: list[list[int]] = []
 
     async def step(rows: list[bs.Row[int]]) -> list[Output]:
+        steps.append([row.item for row in rows])
         await anyio.sleep(1)
-        return [KeyError(row.item) if row.item == 2 else bs.END for row in rows]
-
-    async def failing() -> None:
-        with pytest.raises(KeyError):
-            await scope.submit(2)
+        return [KeyError(row.item) if row.item == 2 else "x" if row.new else bs.END for row in rows]
 
     async with bs.ContinuousScope(step) as scope, anyio.create_task_group() as tg:
-        tg.start_soon(scope.submit, 1)
-        tg.start_soon(failing)
+        results: list[list[str]] = []
+
+        async def run() -> None:
+            results.append(await scope.submit(1))
+
+        tg.start_soon(run)
+        await anyio.sleep(0.5)  # mid-step: 2 joins the second step, beside 1
+        with pytest.raises(KeyError):
+            await scope.submit(2)
+    assert results == [["x"]]
+    assert steps == [[1], [1, 2]]
     stats = scope.statistics()
-    assert (stats.completed, stats.failed, stats.steps) == (1, 1, 1)
+    assert (stats.completed, stats.failed, stats.rows_failed, stats.rows_finished) == (1, 1, 1, 1)
 
 
 @pytest.mark.virtual_time
 async def test_wrong_length_fails_every_row_of_step_and_serves_on() -> None:
     """The wrong number of outputs fails every row of that step with BatchSizeMismatchError."""
-    broken = True
 
     async def step(rows: list[bs.Row[int]]) -> list[Output]:
         await anyio.sleep(1)
-        return [bs.END] if broken else [bs.END] * len(rows)
+        if len(rows) == 2:
+            return [bs.END]  # one output for two rows
+        return ["x" if row.new else bs.END for row in rows]
 
     async with bs.ContinuousScope(step) as scope, anyio.create_task_group() as tg:
         errors: list[BaseException] = []
@@ -275,12 +283,14 @@ async def test_wrong_length_fails_every_row_of_step_and_serves_on() -> None:
             errors.append(info.value)
 
         tg.start_soon(run, 1)
+        await anyio.sleep(0.5)  # mid-step: 2 joins the second step, beside 1
         tg.start_soon(run, 2)
         await anyio.sleep(2)
-        broken = False
-        assert await scope.submit(3) == []
+        assert await scope.submit(3) == ["x"]
     assert len(errors) == 2
-    assert scope.statistics().failed == 2
+    assert errors[0] is errors[1]
+    stats = scope.statistics()
+    assert (stats.failed, stats.completed, stats.steps) == (2, 1, 4)
 
 
 class Crash(BaseException):
