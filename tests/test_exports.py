@@ -59,6 +59,12 @@ _FINAL = [
     bs.BatchStarted,
     bs.BatchFinished,
     bs.MapIterator,
+    bs.ContinuousScope,
+    bs.ContinuousConfig,
+    bs.ContinuousStatistics,
+    bs.Row,
+    bs.RowStream,
+    bs.End,
     testing.FakeBatchFunction,
 ]
 _FINAL_ARRAYS = ["PadCollator", "PadOptions", "PaddedBatch", "PaddedDict"]

@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "_room": 0,
     "_progress": 0,
     "_markers": 0,
+    "_continuous_values": 0,
     # items: the per-item record and how its caller parks
     "_items": 1,
     "_completion": 1,
@@ -46,10 +47,12 @@ LAYERS: dict[str, int] = {
     "_device": 3,
     "_streaming": 3,
     "_adaptive": 3,
+    "_stepper": 3,
     # the façade
     "_scope": 4,
     "_decorator": 4,
     "_blocking": 4,
+    "_continuous": 4,
     "__init__": 4,
 }
 #: Beside the layers: they use the public surface (façade and values), never the engine.

@@ -31,6 +31,10 @@ from ._blocking import BlockingBatchScope as BlockingBatchScope
 from ._cache import MISSING as MISSING
 from ._cache import AsyncCache as AsyncCache
 from ._config import ScopeConfig as ScopeConfig
+from ._continuous import ContinuousScope as ContinuousScope
+from ._continuous import RowStream as RowStream
+from ._continuous_values import ContinuousConfig as ContinuousConfig
+from ._continuous_values import ContinuousStatistics as ContinuousStatistics
 from ._decorator import BatchedFunction as BatchedFunction
 from ._decorator import BatchedMethod as BatchedMethod
 from ._decorator import batch as batch
@@ -51,6 +55,7 @@ from ._hooks import BatchStarted as BatchStarted
 from ._hooks import Hooks as Hooks
 from ._map import MapIterator as MapIterator
 from ._markers import END as END
+from ._markers import End as End
 from ._resilience import CircuitBreaker as CircuitBreaker
 from ._resilience import RateLimit as RateLimit
 from ._resilience import Retry as Retry
@@ -58,6 +63,7 @@ from ._scope import BatchScope as BatchScope
 from ._statistics import BatchStatistics as BatchStatistics
 from ._statistics import PartitionStatistics as PartitionStatistics
 from ._statistics import Percentiles as Percentiles
+from ._stepper import Row as Row
 from ._streaming import OutputStream as OutputStream
 
 __all__ = [
@@ -77,10 +83,14 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "Collator",
+    "ContinuousConfig",
+    "ContinuousScope",
+    "ContinuousStatistics",
     "DeadlineUnmeetableError",
     "Device",
     "DeviceShare",
     "DeviceStatistics",
+    "End",
     "Hooks",
     "ItemTooLargeError",
     "MapIterator",
@@ -91,6 +101,8 @@ __all__ = [
     "QueueFullError",
     "RateLimit",
     "Retry",
+    "Row",
+    "RowStream",
     "ScopeClosedError",
     "ScopeConfig",
     "batch",

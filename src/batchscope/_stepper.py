@@ -1,0 +1,496 @@
+"""
+Continuous batching's engine: the rows, and the task that steps them.
+
+One :class:`Stepper` task per :class:`~batchscope.ContinuousScope` calls the step function
+over the *active* rows again and again. Between two steps it takes in arrivals from the
+scope's channel, lets waiting items join (the pools of ``_pending``/``_bucketing`` choose
+which, under ``max_active`` and the cost budget on active rows) and drops the rows that
+ended or whose caller left. A row's life, as its :class:`RowItem` state::
+
+    QUEUED ──► POOLED ──► RUNNING ──► DONE        (END, or an exception)
+       │        │  │         └──────► ABANDONED   (its caller left)
+       │        │  └─► HELD ─┘                    (next in line, waiting for cost budget)
+       └────────┴─────────────────► WITHDRAWN     (its caller left before joining)
+
+(EXPIRED, as in ``_pending``: set aside by the pool because its caller's deadline passed;
+withdrawn by that caller's cancellation, or back in the pool a round later.)
+
+Each row's outputs go to its caller through a bounded memory-object channel of its own.
+A row whose buffer is full sits out the steps (it keeps its place and state) until its
+caller reads. When nothing is to be stepped the task parks on the scope's channel: an
+arrival, or a ``None`` token that :meth:`Stepper.wake` sends only while it is parked (a
+caller left, a paused row was read, the scope closes), wakes it. It never polls.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
+
+import anyio
+import anyio.lowlevel
+
+from ._continuous_values import ContinuousConfig, ContinuousRecorder
+from ._engine import ScopeState
+from ._exceptions import (
+    BatchSizeMismatchError,
+    NoActiveScopeError,
+    QueueFullError,
+    ScopeClosedError,
+)
+from ._items import ABANDONED, EXPIRED, POOLED, QUEUED, RUNNING, WITHDRAWN, Item
+from ._markers import End
+from ._pending import Limits, Pool
+from ._room import Room
+
+if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+__all__ = ["HELD", "Row", "RowItem", "StepFunction", "Stepper"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+#: A row state of continuous batching only: taken from the pool as next in line, it waits
+#: for room in the cost budget of the active rows (nothing overtakes it).
+HELD = 8
+
+
+@final
+class Row(Generic[In]):
+    """
+    The step function's handle on one active row.
+
+    The same object is passed to every step the row takes, so ``state`` carries whatever
+    the step function keeps for it (a KV-cache slot, the tokens so far).
+
+    .. versionadded:: 0.2.0
+    """
+
+    __slots__ = ("_record", "index", "item", "new", "state", "steps")
+
+    def __init__(self, item: In, index: int, record: RowItem[In, Any]) -> None:
+        #: The submitted item (say, the prompt).
+        self.item = item
+        #: True on the row's first step (prefill), False after (decode).
+        self.new = True
+        #: Free for the step function: starts as None, kept between steps.
+        self.state: Any = None
+        #: Join order: 0 for the first row to join the scope, then 1, 2, ...
+        self.index = index
+        #: Steps this row has taken before the current one.
+        self.steps = 0
+        self._record = record
+
+    @property
+    def alive(self) -> bool:
+        """Whether the row's caller still waits for it (False once it left)."""
+        return self._record.state == RUNNING
+
+    def __repr__(self) -> str:
+        return f"<Row {self.index} steps={self.steps} new={self.new} item={self.item!r}>"
+
+
+class RowItem(Item[In, Out]):
+    """
+    One submitted item of a continuous scope: the pools' record, the row, its channel.
+
+    Ending it (``succeed``/``fail``) closes its output channel: the caller reads what is
+    buffered, then sees the end (or the error).
+    """
+
+    __slots__ = ("last_output", "row", "send")
+
+    def __init__(
+        self,
+        value: In,
+        priority: float,
+        cost: float,
+        arrival: float,
+        deadline: float,
+        send: MemoryObjectSendStream[Out],
+    ) -> None:
+        super().__init__(value, priority, cost, arrival, deadline, None)
+        #: The send end of this row's output channel.
+        self.send = send
+        #: The handle steps get (made when the row joins).
+        self.row: Row[In] | None = None
+        #: When the row's last output was sent (``nan`` before the first).
+        self.last_output = math.nan
+
+    def notify(self) -> None:
+        self.send.close()
+
+
+#: ``step(rows) -> one output per row``: a value, ``bs.END``, or an exception instance.
+StepFunction = Callable[[list[Row[In]]], Awaitable[Sequence[Out | End | Exception]]]
+
+
+class Stepper(Generic[In, Out]):
+    """The task stepping one scope's active rows, and the rows' bookkeeping."""
+
+    def __init__(self, step: StepFunction[In, Out], config: ContinuousConfig, pool: Pool) -> None:
+        self.step = step
+        self.config = config
+        self.pool = pool
+        #: The step function's name, for messages.
+        self.name: str = getattr(step, "__qualname__", None) or type(step).__name__
+        self.recorder = ContinuousRecorder()
+        self.state = ScopeState.NEW
+        #: What broke the scope (a crash, or the body's exception), or None.
+        self.failure: BaseException | None = None
+        # -- set by open(): they belong to the running event loop --------------------------
+        self.room: Room
+        self.send: MemoryObjectSendStream[RowItem[In, Out] | None]
+        self.receive: MemoryObjectReceiveStream[RowItem[In, Out] | None]
+        #: Rows in the running batch, in join order (ended ones leave at the next round).
+        self.active: list[RowItem[In, Out]] = []
+        self.active_cost = 0.0
+        #: The next row in line, waiting for cost budget (state HELD), or None.
+        self.held: RowItem[In, Out] | None = None
+        #: Items the pool set aside as EXPIRED.
+        self.expired: list[Item[Any, Any]] = []
+        self._parked = False
+        self._woken = False
+        self._joined = 0
+
+    def open(self) -> None:
+        """Make the room in the queue and the channel (the scope is opening)."""
+        self.room = Room(self.config.max_queue_size)
+        self.send, self.receive = anyio.create_memory_object_stream[RowItem[In, Out] | None](
+            math.inf
+        )
+        self.state = ScopeState.OPEN
+
+    def describe(self) -> str:
+        """How messages name the scope: ``<ContinuousScope step state>``."""
+        return f"<ContinuousScope {self.name} {self.state.value}>"
+
+    def note_crash(self, exc: BaseException) -> None:
+        """Remember the first failure that is not a cancellation."""
+        if self.failure is None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+            self.failure = exc
+
+    def closed_error(self) -> Exception:
+        """The error for callers of a closed (or failed, or never opened) scope."""
+        if self.state is ScopeState.NEW:
+            return NoActiveScopeError(
+                f"{self.describe()} is not open: use 'async with ContinuousScope(step) as "
+                f"scope:' and submit inside the block"
+            )
+        failure = self.failure
+        if failure is None:
+            return ScopeClosedError(f"{self.describe()} is closed: it takes no more items")
+        error = ScopeClosedError(f"{self.describe()} failed: {type(failure).__name__}: {failure}")
+        error.__cause__ = failure
+        return error
+
+    # -- the callers' side ---------------------------------------------------------------
+
+    async def admit(
+        self, value: In, priority: float
+    ) -> tuple[RowItem[In, Out], MemoryObjectReceiveStream[Out]]:
+        """Count a submit, price it, take room in the queue, queue it; its output channel."""
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self.state is not ScopeState.OPEN:
+            raise self.closed_error()
+        recorder = self.recorder
+        recorder.submitted += 1
+        cost = 1.0 if self.config.cost is None else self._cost_of(value, self.config.cost)
+        if not self.room.take_nowait():
+            await self._wait_for_room()
+        send, receive = anyio.create_memory_object_stream[Out](self.config.max_buffered)
+        item = RowItem(
+            value, priority, cost, anyio.current_time(), anyio.current_effective_deadline(), send
+        )
+        recorder.pending += 1
+        self.send.send_nowait(item)
+        return item, receive
+
+    async def _wait_for_room(self) -> None:
+        """The queue is full: reject, or wait for room (``on_full``)."""
+        recorder = self.recorder
+        if self.config.on_full == "reject":
+            recorder.rejected += 1
+            raise QueueFullError(
+                f"the queue of {self.describe()} holds max_queue_size="
+                f"{self.config.max_queue_size} waiting items"
+            )
+        recorder.admitting += 1
+        try:
+            await self.room.take()
+        except BaseException:
+            recorder.admitting -= 1
+            recorder.cancelled += 1
+            raise
+        recorder.admitting -= 1
+        if self.state is not ScopeState.OPEN:
+            self.room.release()  # pass the wake-up on to the next waiter
+            recorder.rejected += 1
+            raise self.closed_error()
+
+    def _cost_of(self, value: In, cost_fn: Callable[[In], float]) -> float:
+        try:
+            cost: object = cost_fn(value)
+        except Exception as exc:
+            self.recorder.rejected += 1
+            raise ValueError(
+                f"the 'cost' function raised {type(exc).__name__} for this item: {exc}"
+            ) from exc
+        if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
+            self.recorder.rejected += 1
+            raise TypeError(f"the 'cost' function must return a number, got {type(cost).__name__}")
+        cost = float(cost)
+        if not math.isfinite(cost) or cost < 0:
+            self.recorder.rejected += 1
+            raise ValueError(f"the 'cost' function must return a finite number >= 0, got {cost}")
+        return cost
+
+    # -- synchronous, from the callers' tasks ----------------------------------------------
+
+    def wake(self) -> None:
+        """Wake the task if it is parked (at most one token in the channel)."""
+        if self._parked and not self._woken and self.state is not ScopeState.CLOSED:
+            self._woken = True
+            self.send.send_nowait(None)
+
+    def leave(self, item: RowItem[In, Out]) -> None:
+        """The caller of *item* left: withdraw it, or free its row before the next step."""
+        state = item.state
+        recorder = self.recorder
+        if state in (QUEUED, POOLED, EXPIRED, HELD):
+            recorder.pending -= 1
+            recorder.cancelled += 1
+            if state == POOLED:
+                self.pool.discard(item)
+            elif state == HELD:
+                self.held = None
+            item.state = WITHDRAWN
+            self.room.release()
+        elif state == RUNNING:
+            recorder.active -= 1
+            recorder.cancelled += 1
+            recorder.rows_abandoned += 1
+            item.state = ABANDONED
+        else:
+            return
+        item.send.close()
+        self.wake()
+
+    # -- the task ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Step the active rows while there are any; park when there are none; drain."""
+        receive = self.receive
+        while True:
+            self._pull()
+            self._reinstate()
+            self._round()
+            rows = self._ready()
+            if rows:
+                await self._step(rows)
+                continue
+            if self.state is not ScopeState.OPEN and self._drained():
+                return
+            self._parked = True
+            token: RowItem[In, Out] | None = None
+            try:
+                if self.expired:
+                    # Their callers' deadlines passed: give the cancellations a moment
+                    # to withdraw them, then put back whoever is still there.
+                    with anyio.move_on_after(0.001):
+                        token = await receive.receive()
+                else:
+                    token = await receive.receive()
+            finally:
+                self._parked = False
+                self._woken = False
+            if token is not None:
+                self._arrive(token)
+
+    def _drained(self) -> bool:
+        return not (self.active or self.held or self.pool.live or self.expired)
+
+    def _pull(self) -> None:
+        """Take every arrival waiting in the channel into the pool."""
+        receive = self.receive
+        while True:
+            try:
+                item = receive.receive_nowait()
+            except anyio.WouldBlock:
+                return
+            if item is not None:
+                self._arrive(item)
+
+    def _arrive(self, item: RowItem[In, Out]) -> None:
+        if item.state == QUEUED:  # else withdrawn by its caller on the way
+            self.pool.add(item)
+
+    def _reinstate(self) -> None:
+        """Put back expired items whose callers are still there (their deadline moved)."""
+        if self.expired:
+            expired, self.expired = self.expired, []
+            for item in expired:
+                if item.state == EXPIRED:
+                    item.deadline = math.inf
+                    self.pool.add(item)
+
+    def _round(self) -> None:
+        """Between two steps: ended rows leave, waiting items join."""
+        active = self.active
+        if any(item.state != RUNNING for item in active):
+            self.active = active = [item for item in active if item.state == RUNNING]
+            self.active_cost = math.fsum(item.cost for item in active)
+        config = self.config
+        budget = config.max_active_cost
+        free = config.max_active - len(active)
+        now = anyio.current_time()
+        pool = self.pool
+        while free > 0:
+            held = self.held
+            if held is not None:
+                if budget is not None and active and self.active_cost + held.cost > budget:
+                    return
+                self.held = None
+                self._join(held, now)
+                free -= 1
+                continue
+            if not pool.live:
+                return
+            remaining = None if budget is None else budget - self.active_cost
+            limits = Limits(
+                max_batch_size=free, wait=0.0, max_batch_cost=remaining, padded=False, runtime=0.0
+            )
+            taken = pool.take(now, limits, False)
+            if pool.expired:
+                self.expired.extend(pool.expired)
+                pool.expired.clear()
+            if taken is None:
+                return
+            for item in taken[0]:
+                row_item: RowItem[In, Out] = item  # type: ignore[assignment]
+                if budget is not None and active and self.active_cost + item.cost > budget:
+                    row_item.state = HELD  # the budget's first item: next in line
+                    self.held = row_item
+                else:
+                    self._join(row_item, now)
+                    free -= 1
+
+    def _join(self, item: RowItem[In, Out], now: float) -> None:
+        item.state = RUNNING
+        item.row = Row(item.value, self._joined, item)
+        self._joined += 1
+        self.active.append(item)
+        self.active_cost += item.cost
+        self.room.release()
+        recorder = self.recorder
+        recorder.pending -= 1
+        recorder.active += 1
+        recorder.join_waits.append(now - item.arrival)
+
+    def _ready(self) -> list[RowItem[In, Out]]:
+        """The active rows whose callers have room for one more output."""
+        limit = self.config.max_buffered
+        return [
+            item
+            for item in self.active
+            if item.state == RUNNING and item.send.statistics().current_buffer_used < limit
+        ]
+
+    async def _step(self, items: list[RowItem[In, Out]]) -> None:
+        """Call the step function once over *items* and route its outputs."""
+        recorder = self.recorder
+        recorder.steps += 1
+        recorder.stepped_rows += len(items)
+        recorder.sizes[len(items)] += 1
+        rows = [item.row for item in items]
+        try:
+            outputs = cast(object, await self.step(rows))  # type: ignore[arg-type]
+        except Exception as exc:
+            self._advance(rows)
+            for item in items:
+                self._fail(item, exc)
+            return
+        self._advance(rows)
+        if isinstance(outputs, (str, bytes)) or not isinstance(outputs, Sequence):
+            kind = type(outputs).__name__
+            error: Exception = TypeError(
+                f"the step function must return a sequence (a list), got {kind}"
+            )
+            for item in items:
+                self._fail(item, error)
+            return
+        results: Sequence[Any] = outputs  # pyright: ignore[reportUnknownVariableType]
+        if len(results) != len(items):
+            error = BatchSizeMismatchError(
+                f"the step function returned {len(results)} outputs for {len(items)} rows"
+            )
+            for item in items:
+                self._fail(item, error)
+            return
+        now = anyio.current_time()
+        for item, output in zip(items, results, strict=True):
+            if item.state != RUNNING:
+                continue  # its caller left during the step: the output is dropped
+            if isinstance(output, End):
+                recorder.active -= 1
+                recorder.completed += 1
+                recorder.rows_finished += 1
+                item.succeed(None)  # type: ignore[arg-type]
+            elif isinstance(output, Exception):
+                self._fail(item, output)
+            else:
+                item.send.send_nowait(output)
+                recorder.outputs += 1
+                last = item.last_output
+                if last != last:  # nan: the first output
+                    recorder.first_outputs.append(now - item.arrival)
+                else:
+                    recorder.between_outputs.append(now - last)
+                item.last_output = now
+
+    @staticmethod
+    def _advance(rows: list[Row[In] | None]) -> None:
+        for row in rows:
+            if row is not None:
+                row.new = False
+                row.steps += 1
+
+    def _fail(self, item: RowItem[In, Out], error: BaseException) -> None:
+        if item.state != RUNNING:
+            return
+        recorder = self.recorder
+        recorder.active -= 1
+        recorder.failed += 1
+        recorder.rows_failed += 1
+        item.fail(error)
+
+    def fail_all(self, error: BaseException) -> None:
+        """The scope failed: end every waiting and active row with *error*."""
+        recorder = self.recorder
+        waiting: list[Item[Any, Any]] = [*self.pool.clear(), *self.expired]
+        self.expired = []
+        if self.held is not None:
+            waiting.append(self.held)
+            self.held = None
+        while True:
+            try:
+                arrived = self.receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            if arrived is not None:
+                waiting.append(arrived)
+        for item in waiting:
+            if item.state in (QUEUED, POOLED, EXPIRED, HELD):
+                recorder.pending -= 1
+                recorder.failed += 1
+                item.fail(error)
+        for item in self.active:
+            if item.state == RUNNING:
+                recorder.active -= 1
+                recorder.failed += 1
+                recorder.rows_failed += 1
+                item.fail(error)
+        self.active = []
