@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "_cache": 3,
     "_map": 3,
     "_device": 3,
+    "_warmup": 3,
     # the façade
     "_scope": 4,
     "_decorator": 4,

@@ -43,6 +43,7 @@ from ._exceptions import ItemTooLargeError as ItemTooLargeError
 from ._exceptions import NoActiveScopeError as NoActiveScopeError
 from ._exceptions import QueueFullError as QueueFullError
 from ._exceptions import ScopeClosedError as ScopeClosedError
+from ._exceptions import WarmupError as WarmupError
 from ._executor import Collator as Collator
 from ._hooks import BatchFinished as BatchFinished
 from ._hooks import BatchStarted as BatchStarted
@@ -88,6 +89,7 @@ __all__ = [
     "Retry",
     "ScopeClosedError",
     "ScopeConfig",
+    "WarmupError",
     "batch",
     "current_batch",
 ]

@@ -108,6 +108,8 @@ class BlockingBatchScope(Generic[In, Out]):
         device: Device | None = None,
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
+        preferred_batch_sizes: Sequence[int] | None = None,
+        warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
     ) -> None: ...
 
     @overload
@@ -141,6 +143,8 @@ class BlockingBatchScope(Generic[In, Out]):
         device: Device | None = None,
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
+        preferred_batch_sizes: Sequence[int] | None = None,
+        warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
     ) -> None: ...
 
     def __init__(
@@ -173,6 +177,8 @@ class BlockingBatchScope(Generic[In, Out]):
         device: Device | None = None,
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
+        preferred_batch_sizes: Sequence[int] | None = None,
+        warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
     ) -> None:
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"'backend' must be 'asyncio' or 'trio', got {backend!r}")
@@ -205,6 +211,8 @@ class BlockingBatchScope(Generic[In, Out]):
             device=device,
             weight=weight,
             partition=partition,
+            preferred_batch_sizes=preferred_batch_sizes,
+            warmup=warmup,
         )
         self._backend = backend
         self._backend_options = backend_options
@@ -216,6 +224,15 @@ class BlockingBatchScope(Generic[In, Out]):
 
     def __repr__(self) -> str:
         return f"<BlockingBatchScope {self._scope!r} on {self._backend} {self._state}>"
+
+    @property
+    def ready(self) -> bool:
+        """
+        Whether the scope takes items now: open and warmed up (for health checks).
+
+        .. versionadded:: 0.2.0
+        """
+        return self._scope.ready
 
     @property
     def scope(self) -> BatchScope[In, Out]:

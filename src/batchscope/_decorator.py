@@ -444,6 +444,8 @@ def batch(
     device: Device | None = None,
     weight: float = 1.0,
     partition: Callable[[Any], Hashable] | None = None,
+    preferred_batch_sizes: Sequence[int] | None = None,
+    warmup: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
 ) -> _BatchDecorator:
     """
     Turn a batch function into one you call with one item at a time.
@@ -500,5 +502,7 @@ def batch(
             "device": device,
             "weight": weight,
             "partition": partition,
+            "preferred_batch_sizes": preferred_batch_sizes,
+            "warmup": warmup,
         }
     )

@@ -14,6 +14,8 @@ The tree::
         ├── BatchSizeMismatchError      the batch function returned the wrong number
         │                               of results
         ├── CircuitOpenError            the circuit breaker is open
+        ├── WarmupError                 ``warmup=``: the batch function (or the
+        │                               samples) failed before the scope opened
         ├── NoActiveScopeError          misuse: no open scope to submit to (also a
         │                               RuntimeError)
         └── ReplicaUnavailableError     ``batchscope.ray``: no Ray replica could run a
@@ -35,6 +37,7 @@ __all__ = [
     "NoActiveScopeError",
     "QueueFullError",
     "ScopeClosedError",
+    "WarmupError",
 ]
 
 
@@ -86,4 +89,14 @@ class CircuitOpenError(BatchScopeError):
 class NoActiveScopeError(BatchScopeError, RuntimeError):
     """
     There is no open scope to submit to: open one first with ``async with``.
+    """
+
+
+class WarmupError(BatchScopeError):
+    """
+    The scope's ``warmup=`` failed, so the scope did not open: the batch function raised
+    (or returned an exception, or the wrong number of results) on the sample items, or
+    the ``warmup`` callable (or ``cost``) raised. ``__cause__`` is the original error.
+
+    .. versionadded:: 0.2.0
     """

@@ -214,8 +214,8 @@ class Scheduler(Generic[In, Out]):
         """The load of a full batch."""
         config = self._engine.config
         if config.cost is None:
-            return float(config.max_batch_size)
-        return config.max_batch_cost or config.max_batch_size * mean_cost
+            return float(config.batch_cap)
+        return config.max_batch_cost or config.batch_cap * mean_cost
 
     def _limits(self) -> Limits:
         config = self._engine.config
@@ -223,9 +223,9 @@ class Scheduler(Generic[In, Out]):
         model = self.model
         mean_cost = pool.pending_cost / pool.live if pool.live else 1.0
         if config.cost is None:
-            next_load = float(min(pool.live, config.max_batch_size) or 1)
+            next_load = float(min(pool.live, config.batch_cap) or 1)
         else:
-            next_load = min(pool.live, config.max_batch_size) * mean_cost or 1.0
+            next_load = min(pool.live, config.batch_cap) * mean_cost or 1.0
         if config.max_wait == "auto":
             assert config.target_latency is not None
             wait = max(0.0, config.target_latency - model.predict(self._full_load(mean_cost)))
@@ -237,13 +237,14 @@ class Scheduler(Generic[In, Out]):
             lead = runtime + max(0.5 * runtime, TIMER_SLACK) + self.lateness
             confirmed = model.confirmed(next_load)
         return Limits(
-            max_batch_size=config.max_batch_size,
+            max_batch_size=config.batch_cap,
             wait=wait,
             max_batch_cost=config.max_batch_cost,
             padded=config.cost_mode == "padded",
             runtime=runtime,
             lead=lead,
             confirmed=confirmed,
+            preferred=config.preferred_batch_sizes or (),
         )
 
     def wake(self) -> None:
@@ -419,7 +420,7 @@ class Scheduler(Generic[In, Out]):
         receive = self._receive
         pool = self.pool
         config = self._engine.config
-        size = config.max_batch_size
+        size = config.batch_cap
         # With a cost, or a caller's deadline in the pool, the limits (and the run time
         # a deadline is judged against) move with every arrival.
         every_arrival_counts = (

@@ -49,6 +49,7 @@ from ._resilience import BreakerState, CircuitBreaker, RateLimit, Retry, TokenBu
 from ._room import Room
 from ._scheduler import Scheduler
 from ._statistics import BatchStatistics
+from ._warmup import warm_up
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -177,6 +178,22 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             An error in it fails that item with ``ValueError`` (an unhashable key:
             ``TypeError``). Statistics per partition: ``statistics().partitions``.
             (Added in 0.2.0.)
+        preferred_batch_sizes: Batch sizes fn runs best at (say ``(8, 16, 32)``, the
+            shapes a compiled model or CUDA graph was built for), each at most
+            ``max_batch_size``. A batch leaves at once when the largest is pending (it
+            is then the most a batch holds); when the oldest item's ``max_wait`` is up,
+            the batch is cut to the largest preferred size not above what is pending
+            (all of it when fewer than the smallest), the rest waits for the next
+            batch. A caller's deadline or the drain releases what is due, uncut. Give
+            the same sizes to ``PadCollator(batch_sizes=...)`` to pad every batch to one
+            of them. (Added in 0.2.0.)
+        warmup: Sample items (or a callable returning them): before ``async with``
+            returns, fn runs once on them at each preferred batch size (at
+            ``max_batch_size`` without them), samples repeated to fill it; the results
+            are dropped and the run times seed the scope's run-time model. Warmup calls
+            count in no statistics. Any error fails the ``async with`` with
+            :class:`WarmupError`; :attr:`ready` turns True once it is done.
+            (Added in 0.2.0.)
 
     Raises:
         TypeError: *fn* is not callable, or an option has the wrong type.
@@ -214,6 +231,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         device: Device | None = None,
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
+        preferred_batch_sizes: Sequence[int] | None = None,
+        warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
     ) -> None: ...
 
     @overload
@@ -245,6 +264,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         device: Device | None = None,
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
+        preferred_batch_sizes: Sequence[int] | None = None,
+        warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
     ) -> None: ...
 
     def __init__(
@@ -275,6 +296,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         device: Device | None = None,
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
+        preferred_batch_sizes: Sequence[int] | None = None,
+        warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"'fn' must be callable, not {type(fn).__name__}")
@@ -305,6 +328,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             device=device,
             weight=weight,
             partition=partition,
+            preferred_batch_sizes=preferred_batch_sizes,
+            warmup=warmup,
         )
         if not isinstance(cast(object, device), Device | None):
             raise TypeError(f"'device' must be a bs.Device(...), not {type(device).__name__}")
@@ -339,6 +364,16 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         """
         return self._engine.recorder.pending
 
+    @property
+    def ready(self) -> bool:
+        """
+        Whether the scope takes items now: open, its ``warmup`` done (for health checks:
+        False before ``async with`` has returned, and again once it is closing).
+
+        .. versionadded:: 0.2.0
+        """
+        return self._engine.state is ScopeState.OPEN
+
     # -- lifetime ------------------------------------------------------------------------
 
     @asynccontextmanager
@@ -372,6 +407,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 task_group.start_soon(
                     self._schedule, task_group, name=f"batchscope scheduler of {self!r}"
                 )
+                await warm_up(engine)
                 engine.state = ScopeState.OPEN
                 if engine.hooks is not None:
                     engine.hooks.call("scope_opened", self)
