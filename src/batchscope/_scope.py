@@ -402,12 +402,17 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         engine.executor = Executor(engine, self._fn, self._collate)
         engine.scheduler = Scheduler(engine, send, receive, self._new_pool(), engine.executor)
         try:
+            # Before the task group: a failed warmup comes out as itself, never grouped.
+            try:
+                await warm_up(engine)
+            except BaseException:
+                receive.close()  # the scheduler that would have closed it never ran
+                raise
             async with anyio.create_task_group() as task_group:
                 engine.task_group = task_group
                 task_group.start_soon(
                     self._schedule, task_group, name=f"batchscope scheduler of {self!r}"
                 )
-                await warm_up(engine)
                 engine.state = ScopeState.OPEN
                 if engine.hooks is not None:
                     engine.hooks.call("scope_opened", self)
