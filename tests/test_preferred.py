@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import anyio
 import numpy as np
@@ -173,7 +173,7 @@ async def test_pad_collator_pads_every_batch_to_a_preferred_shape() -> None:
     ) as scope:
         items = [np.arange(n + 1) for n in range(7)]
         results = await scope.submit_many(items)
-    assert [int(r) for r in results] == [int(item.sum()) for item in items]
+    assert [int(cast(Any, r)) for r in results] == [int(item.sum()) for item in items]
     assert [shape[0] for shape in shapes] == [4, 2, 2]
     assert scope.statistics().batch_size_histogram == ((1, 1), (2, 1), (4, 1))
 

@@ -14,9 +14,7 @@ from batchscope.testing import FakeBatchFunction
 pytestmark = pytest.mark.anyio
 
 
-@pytest.mark.parametrize(
-    ("value", "error"), [("ab", TypeError), (3, TypeError), ([], ValueError)]
-)
+@pytest.mark.parametrize(("value", "error"), [("ab", TypeError), (3, TypeError), ([], ValueError)])
 def test_invalid_warmup_is_refused(value: Any, error: type[Exception]) -> None:
     """warmup= must be a non-empty list of samples or a callable, named in the error."""
     with pytest.raises(error, match="warmup"):
@@ -28,13 +26,14 @@ async def test_fn_runs_once_per_preferred_size_before_the_scope_opens() -> None:
     """Samples are cycled to each preferred size; none of it shows in the statistics."""
     fake = FakeBatchFunction[int, int]()
     scope = bs.BatchScope(fake, preferred_batch_sizes=(2, 5), warmup=[7, 8, 9])
-    assert not scope.ready
+    ready = [scope.ready]
     async with scope:
-        assert scope.ready
+        ready.append(scope.ready)
         assert fake.batches == [[7, 8], [7, 8, 9, 7, 8]]
         assert scope.statistics().batches == 0
         assert await scope.submit(1) == 1
-    assert not scope.ready
+    ready.append(scope.ready)
+    assert ready == [False, True, False]
     assert fake.batches[2:] == [[1]]
     stats = scope.statistics()
     assert stats.batches == 1
@@ -168,11 +167,12 @@ def test_blocking_scope_reports_ready() -> None:
         return items
 
     blocking = bs.BlockingBatchScope[int, int](fn, max_batch_size=2, warmup=[3])
-    assert not blocking.ready
+    ready = [blocking.ready]
     with blocking:
-        assert blocking.ready
+        ready.append(blocking.ready)
         assert blocking.submit(1) == 1
-    assert not blocking.ready
+    ready.append(blocking.ready)
+    assert ready == [False, True, False]
     assert calls[0] == [3, 3]
 
 
