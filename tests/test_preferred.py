@@ -256,3 +256,30 @@ async def test_preferred_sizes_on_a_loaded_real_clock(cpu_hog: object) -> None:
     stats = scope.statistics()
     assert stats.completed == 300
     assert max(size for size, _ in stats.batch_size_histogram) <= 8
+
+
+@pytest.mark.virtual_time
+async def test_timer_is_not_cut_when_a_deadline_cannot_wait_for_the_next_batch() -> None:
+    """A caller whose deadline release falls within the next run time is not cut off."""
+    fake = FakeBatchFunction[int, int](delay=0.2)
+
+    async def with_deadline(scope: bs.BatchScope[int, int]) -> None:
+        with anyio.fail_after(0.7):
+            assert await scope.submit(4) == 4
+
+    async with (
+        bs.BatchScope(
+            fake, max_batch_size=8, max_wait=0.1, preferred_batch_sizes=(4, 8), warmup=[0]
+        ) as scope,
+        anyio.create_task_group() as tg,
+    ):
+        start = anyio.current_time()
+        for i in range(4):
+            tg.start_soon(scope.submit, i)
+        await anyio.sleep(0.01)
+        tg.start_soon(with_deadline, scope)
+    assert [sorted(batch) for batch in fake.batches[2:]] == [[0, 1, 2, 3, 4]]
+    assert round(fake.call_times[2] - start, 3) == 0.1
+    stats = scope.statistics()
+    assert stats.release_reasons["timer"] == 1
+    assert stats.completed == 5
