@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "_streaming": 3,
     "_adaptive": 3,
     "_stepper": 3,
+    "_warmup": 3,
     # the façade
     "_scope": 4,
     "_decorator": 4,

@@ -49,6 +49,7 @@ from ._exceptions import ItemTooLargeError as ItemTooLargeError
 from ._exceptions import NoActiveScopeError as NoActiveScopeError
 from ._exceptions import QueueFullError as QueueFullError
 from ._exceptions import ScopeClosedError as ScopeClosedError
+from ._exceptions import WarmupError as WarmupError
 from ._executor import Collator as Collator
 from ._hooks import BatchFinished as BatchFinished
 from ._hooks import BatchStarted as BatchStarted
@@ -105,6 +106,7 @@ __all__ = [
     "RowStream",
     "ScopeClosedError",
     "ScopeConfig",
+    "WarmupError",
     "batch",
     "current_batch",
 ]

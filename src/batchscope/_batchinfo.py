@@ -17,7 +17,7 @@ import attrs
 from ._hooks import ReleaseReason
 from ._items import RUNNING, Item
 
-__all__ = ["BatchInfo", "current_batch", "using"]
+__all__ = ["BatchInfo", "current_batch", "using", "warming"]
 
 
 @final
@@ -102,6 +102,11 @@ def current_batch() -> BatchInfo:
 def using(items: Sequence[Item[Any, Any]], reason: ReleaseReason) -> contextvars.Token[BatchInfo]:
     """Make *items* the current batch (the executor resets the returned token after)."""
     return _CURRENT.set(BatchInfo(len(items), reason, _Alive(items), items[0].partition))
+
+
+def warming(size: int) -> contextvars.Token[BatchInfo]:
+    """Make a warmup call of *size* rows the current batch: every row alive, no partition."""
+    return _CURRENT.set(BatchInfo(size, "size", (True,) * size))
 
 
 def reset(token: contextvars.Token[BatchInfo]) -> None:

@@ -111,6 +111,8 @@ class BlockingBatchScope(Generic[In, Out]):
         admission: Admission = "queue",
         batch_size_ceiling: int = 256,
         oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
+        preferred_batch_sizes: Sequence[int] | None = None,
+        warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
     ) -> None: ...
 
     @overload
@@ -147,6 +149,8 @@ class BlockingBatchScope(Generic[In, Out]):
         admission: Admission = "queue",
         batch_size_ceiling: int = 256,
         oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
+        preferred_batch_sizes: Sequence[int] | None = None,
+        warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
     ) -> None: ...
 
     def __init__(
@@ -182,6 +186,8 @@ class BlockingBatchScope(Generic[In, Out]):
         admission: Admission = "queue",
         batch_size_ceiling: int = 256,
         oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
+        preferred_batch_sizes: Sequence[int] | None = None,
+        warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
     ) -> None:
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"'backend' must be 'asyncio' or 'trio', got {backend!r}")
@@ -217,6 +223,8 @@ class BlockingBatchScope(Generic[In, Out]):
             admission=admission,
             batch_size_ceiling=batch_size_ceiling,
             oom_errors=oom_errors,
+            preferred_batch_sizes=preferred_batch_sizes,
+            warmup=warmup,
         )
         self._backend = backend
         self._backend_options = backend_options
@@ -228,6 +236,15 @@ class BlockingBatchScope(Generic[In, Out]):
 
     def __repr__(self) -> str:
         return f"<BlockingBatchScope {self._scope!r} on {self._backend} {self._state}>"
+
+    @property
+    def ready(self) -> bool:
+        """
+        Whether the scope takes items now: open and warmed up (for health checks).
+
+        .. versionadded:: 0.2.0
+        """
+        return self._scope.ready
 
     @property
     def scope(self) -> BatchScope[In, Out]:

@@ -114,6 +114,10 @@ class LengthPool(PoolBase):
             if reason == "deadline":
                 anchor = self._urgent_bucket(anchor)
         low, high = self._window(anchor, limits.max_batch_size)
+        if limits.preferred:
+            counts = self._counts
+            held = sum(counts.get(index, 0) for index in range(low, high + 1))
+            limits = self._cut(reason, now, limits, held)
         batch, by_cost = self._fill(
             self._candidates(anchor, low, high), now, limits, self._releasing(reason, limits)
         )

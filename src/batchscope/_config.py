@@ -7,7 +7,7 @@ the scope is constructed (or reconfigured), never later inside the scheduler.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from datetime import timedelta
 from typing import Any, Literal, cast, final, get_args
 
@@ -118,6 +118,34 @@ def _choice(*allowed: str) -> Callable[[Any, attrs.Attribute[Any], object], None
     return validate
 
 
+def _preferred_sizes(value: object) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"'preferred_batch_sizes' must be a sequence of ints such as (8, 16, 32), "
+            f"not {type_name(value)}"
+        )
+    sizes = cast("Sequence[object]", value)
+    if not sizes:
+        raise ValueError("'preferred_batch_sizes' must hold at least one size")
+    for size in sizes:
+        check_int("preferred_batch_sizes", size, minimum=1)
+    return tuple(sorted(set(cast("Sequence[int]", sizes))))
+
+
+def _warmup(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None or callable(value):
+        return
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"'warmup' must be a list of sample items or a callable returning one, "
+            f"not {type_name(value)}"
+        )
+    if not value:
+        raise ValueError("'warmup' must hold at least one sample item")
+
+
 def _optional_callable(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not callable(value):
         raise TypeError(f"{attribute.name!r} must be callable, not {type_name(value)}")
@@ -201,6 +229,24 @@ class ScopeConfig:
         size = self.max_batch_size
         return self.batch_size_ceiling if size == "auto" else size
 
+    #: Batch sizes the batch function runs best at, sorted (None: any size up to
+    #: ``max_batch_size``): a batch leaves at once at the largest, and a timer release
+    #: is cut to the largest one not above what is pending.
+    preferred_batch_sizes: tuple[int, ...] | None = attrs.field(
+        default=None, converter=_preferred_sizes
+    )
+    #: Sample items (or a callable returning them) fn runs on once per batch shape
+    #: before the scope opens (None: no warmup).
+    warmup: Sequence[Any] | Callable[[], Sequence[Any]] | None = attrs.field(
+        default=None, validator=_warmup
+    )
+
+    @property
+    def batch_cap(self) -> int:
+        """The most items a batch holds: the largest preferred size, or ``max_batch_size``."""
+        preferred = self.preferred_batch_sizes
+        return preferred[-1] if preferred else self.batch_size_bound
+
     def __attrs_post_init__(self) -> None:
         # Options that only make sense together.
         if self.max_wait == "auto" and self.target_latency is None:
@@ -219,3 +265,9 @@ class ScopeConfig:
             raise ValueError("'weight' applies only with a shared 'device'")
         if self.policy == "length" and self.cost is None:
             raise ValueError("policy='length' needs a 'cost' function (for example cost=len)")
+        preferred = self.preferred_batch_sizes
+        if preferred is not None and preferred[-1] > self.batch_size_bound:
+            raise ValueError(
+                f"'preferred_batch_sizes' must not exceed max_batch_size={self.max_batch_size}, "
+                f"got {preferred[-1]}"
+            )

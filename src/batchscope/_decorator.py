@@ -447,6 +447,8 @@ def batch(
     admission: Admission = "queue",
     batch_size_ceiling: int = 256,
     oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
+    preferred_batch_sizes: Sequence[int] | None = None,
+    warmup: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
 ) -> _BatchDecorator:
     """
     Turn a batch function into one you call with one item at a time.
@@ -506,5 +508,7 @@ def batch(
             "admission": admission,
             "batch_size_ceiling": batch_size_ceiling,
             "oom_errors": oom_errors,
+            "preferred_batch_sizes": preferred_batch_sizes,
+            "warmup": warmup,
         }
     )

@@ -18,6 +18,8 @@ The tree::
         │                               of results
         ├── CircuitOpenError            the circuit breaker is open (``retry_after``:
         │                               seconds until it lets a trial batch through)
+        ├── WarmupError                 ``warmup=``: the batch function (or the
+        │                               samples) failed before the scope opened
         ├── NoActiveScopeError          misuse: no open scope to submit to (also a
         │                               RuntimeError)
         └── ReplicaUnavailableError     ``batchscope.ray``: no Ray replica could run a
@@ -42,6 +44,7 @@ __all__ = [
     "NoActiveScopeError",
     "QueueFullError",
     "ScopeClosedError",
+    "WarmupError",
 ]
 
 
@@ -127,4 +130,14 @@ class CircuitOpenError(_RetryAfter):
 class NoActiveScopeError(BatchScopeError, RuntimeError):
     """
     There is no open scope to submit to: open one first with ``async with``.
+    """
+
+
+class WarmupError(BatchScopeError):
+    """
+    The scope's ``warmup=`` failed, so the scope did not open: the batch function raised
+    (or returned an exception, or the wrong number of results) on the sample items, or
+    the ``warmup`` callable (or ``cost``) raised. ``__cause__`` is the original error.
+
+    .. versionadded:: 0.2.0
     """

@@ -248,6 +248,10 @@ class Executor(Generic[In, Out]):
         batch_input, context = await collator.collate(values)
         return await collator.split(await self._invoke(batch_input), context)
 
+    async def call_once(self, values: list[In]) -> Any:
+        """One call of fn on *values* (through the collator) outside any batch: warmup."""
+        return await self._call(values)
+
     async def _invoke(self, batch_input: Any) -> Any:
         if self._is_async:
             return await cast("Callable[[Any], Awaitable[Any]]", self._fn)(batch_input)

@@ -78,6 +78,9 @@ class Limits:
     #: The run time recent batches confirm (0 while none does): an item whose deadline is
     #: nearer than this is left out of a batch (see :meth:`PoolBase._fill`).
     confirmed: float = 0.0
+    #: ``preferred_batch_sizes``, sorted (empty: none): a timer release is cut to the
+    #: largest of them not above what is pending (see :meth:`PoolBase._cut`).
+    preferred: tuple[int, ...] = ()
 
 
 class Budget:
@@ -255,6 +258,30 @@ class PoolBase:
             return "deadline"
         return None
 
+    def _cut(self, reason: Release, now: float, limits: Limits, pending: int) -> Limits:
+        """
+        The limits of a batch released for *reason* with *pending* items to choose from:
+        with preferred sizes, a timer release is cut to the largest preferred size not
+        above *pending* (all of them when fewer than the smallest), the rest stay pooled.
+
+        Never cut: a batch released full (it is the largest preferred size), by a
+        caller's deadline or by the drain (what is due goes, uncut), nor a timer release
+        while a caller's deadline would come due before another batch could run (that
+        caller cannot wait for the next one).
+        """
+        preferred = limits.preferred
+        if not preferred or reason != "timer" or pending >= limits.max_batch_size:
+            return limits
+        if self._deadline_due(limits) <= now + limits.runtime:
+            return limits
+        size = pending
+        for allowed in preferred:
+            if allowed <= pending:
+                size = allowed
+        if pending < preferred[0] or size == pending:
+            return limits
+        return attrs.evolve(limits, max_batch_size=size)
+
     def _releasing(self, reason: Release | None, limits: Limits) -> Item[Any, Any] | None:
         """
         The item whose deadline released the batch on its schedule, or None: the reason
@@ -406,6 +433,8 @@ class FifoPool(PoolBase):
         reason = None if full else self._timer_reason(now, limits, draining)
         if not full and reason is None:
             return None
+        if reason is not None:
+            limits = self._cut(reason, now, limits, self.live)
         order = self._order
         if limits.max_batch_cost is None and self.earliest_deadline() == math.inf:
             # The common case, no budget and no caller deadline: the oldest live items,
@@ -482,6 +511,8 @@ class PriorityPool(PoolBase):
         reason = None if full else self._timer_reason(now, limits, draining)
         if not full and reason is None:
             return None
+        if reason is not None:
+            limits = self._cut(reason, now, limits, self.live)
         heap = self._heap
 
         def best_first() -> Iterable[Item[Any, Any]]:

@@ -243,7 +243,9 @@ class Scheduler(Generic[In, Out]):
         pool = self.pool
         model = self.model
         mean_cost = pool.pending_cost / pool.live if pool.live else 1.0
-        size = self._engine.sizer.size(config, model, mean_cost)
+        # The adaptive size (or max_batch_size), within the largest preferred size.
+        size = min(self._engine.sizer.size(config, model, mean_cost), config.batch_cap)
+        self._engine.recorder.batch_size_cap = size
         if config.cost is None:
             next_load = float(min(pool.live, size) or 1)
         else:
@@ -266,6 +268,7 @@ class Scheduler(Generic[In, Out]):
             runtime=runtime,
             lead=lead,
             confirmed=confirmed,
+            preferred=config.preferred_batch_sizes or (),
         )
 
     def wake(self) -> None:

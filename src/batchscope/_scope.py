@@ -57,6 +57,7 @@ from ._streaming import (
     collect,
     is_streaming,
 )
+from ._warmup import warm_up
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -207,6 +208,22 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             halves and each half retried (an item alone that still raises fails with
             it), and the batch size cap drops to half, then grows back by a quarter
             after every few batches that succeed at the cap.
+        preferred_batch_sizes: Batch sizes fn runs best at (say ``(8, 16, 32)``, the
+            shapes a compiled model or CUDA graph was built for), each at most
+            ``max_batch_size``. A batch leaves at once when the largest is pending (it
+            is then the most a batch holds); when the oldest item's ``max_wait`` is up,
+            the batch is cut to the largest preferred size not above what is pending
+            (all of it when fewer than the smallest), the rest waits for the next
+            batch. A caller's deadline or the drain releases what is due, uncut. Give
+            the same sizes to ``PadCollator(batch_sizes=...)`` to pad every batch to one
+            of them. (Added in 0.2.0.)
+        warmup: Sample items (or a callable returning them): before ``async with``
+            returns, fn runs once on them at each preferred batch size (at
+            ``max_batch_size`` without them), samples repeated to fill it; the results
+            are dropped and the run times seed the scope's run-time model. Warmup calls
+            count in no statistics. Any error fails the ``async with`` with
+            :class:`WarmupError`; :attr:`ready` turns True once it is done.
+            (Added in 0.2.0.)
 
     Raises:
         TypeError: *fn* is not callable, or an option has the wrong type.
@@ -281,6 +298,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         admission: Admission = "queue",
         batch_size_ceiling: int = 256,
         oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
+        preferred_batch_sizes: Sequence[int] | None = None,
+        warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
     ) -> None: ...
 
     @overload
@@ -315,6 +334,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         admission: Admission = "queue",
         batch_size_ceiling: int = 256,
         oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
+        preferred_batch_sizes: Sequence[int] | None = None,
+        warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
     ) -> None: ...
 
     def __init__(
@@ -348,6 +369,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         admission: Admission = "queue",
         batch_size_ceiling: int = 256,
         oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
+        preferred_batch_sizes: Sequence[int] | None = None,
+        warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"'fn' must be callable, not {type(fn).__name__}")
@@ -381,6 +404,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             admission=admission,
             batch_size_ceiling=batch_size_ceiling,
             oom_errors=oom_errors,
+            preferred_batch_sizes=preferred_batch_sizes,
+            warmup=warmup,
         )
         if not isinstance(cast(object, device), Device | None):
             raise TypeError(f"'device' must be a bs.Device(...), not {type(device).__name__}")
@@ -419,6 +444,16 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         """
         return self._engine.recorder.pending
 
+    @property
+    def ready(self) -> bool:
+        """
+        Whether the scope takes items now: open, its ``warmup`` done (for health checks:
+        False before ``async with`` has returned, and again once it is closing).
+
+        .. versionadded:: 0.2.0
+        """
+        return self._engine.state is ScopeState.OPEN
+
     # -- lifetime ------------------------------------------------------------------------
 
     @asynccontextmanager
@@ -449,6 +484,12 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             engine.executor.stream = StreamRunner(engine, cast(Any, self._fn), engine.executor)
         engine.scheduler = Scheduler(engine, send, receive, self._new_pool(), engine.executor)
         try:
+            # Before the task group: a failed warmup comes out as itself, never grouped.
+            try:
+                await warm_up(engine)
+            except BaseException:
+                receive.close()  # the scheduler that would have closed it never ran
+                raise
             async with anyio.create_task_group() as task_group:
                 engine.task_group = task_group
                 task_group.start_soon(
