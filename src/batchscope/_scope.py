@@ -264,6 +264,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         admission: Admission = "queue",
         batch_size_ceiling: int = 256,
         oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
+        preferred_batch_sizes: Sequence[int] | None = None,
+        warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
     ) -> None: ...
 
     @overload

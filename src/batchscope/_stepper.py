@@ -73,15 +73,15 @@ class Row(Generic[In]):
 
     def __init__(self, item: In, index: int, record: RowItem[In, Any]) -> None:
         #: The submitted item (say, the prompt).
-        self.item = item
+        self.item: In = item
         #: True on the row's first step (prefill), False after (decode).
-        self.new = True
+        self.new: bool = True
         #: Free for the step function: starts as None, kept between steps.
         self.state: Any = None
         #: Join order: 0 for the first row to join the scope, then 1, 2, ...
-        self.index = index
+        self.index: int = index
         #: Steps this row has taken before the current one.
-        self.steps = 0
+        self.steps: int = 0
         self._record = record
 
     @property
@@ -114,11 +114,11 @@ class RowItem(Item[In, Out]):
     ) -> None:
         super().__init__(value, priority, cost, arrival, deadline, None)
         #: The send end of this row's output channel.
-        self.send = send
+        self.send: MemoryObjectSendStream[Out] = send
         #: The handle steps get (made when the row joins).
         self.row: Row[In] | None = None
         #: When the row's last output was sent (``nan`` before the first).
-        self.last_output = math.nan
+        self.last_output: float = math.nan
 
     def notify(self) -> None:
         self.send.close()
@@ -137,8 +137,8 @@ class Stepper(Generic[In, Out]):
         self.pool = pool
         #: The step function's name, for messages.
         self.name: str = getattr(step, "__qualname__", None) or type(step).__name__
-        self.recorder = ContinuousRecorder()
-        self.state = ScopeState.NEW
+        self.recorder: ContinuousRecorder = ContinuousRecorder()
+        self.state: ScopeState = ScopeState.NEW
         #: What broke the scope (a crash, or the body's exception), or None.
         self.failure: BaseException | None = None
         # -- set by open(): they belong to the running event loop --------------------------
@@ -147,7 +147,7 @@ class Stepper(Generic[In, Out]):
         self.receive: MemoryObjectReceiveStream[RowItem[In, Out] | None]
         #: Rows in the running batch, in join order (ended ones leave at the next round).
         self.active: list[RowItem[In, Out]] = []
-        self.active_cost = 0.0
+        self.active_cost: float = 0.0
         #: The next row in line, waiting for cost budget (state HELD), or None.
         self.held: RowItem[In, Out] | None = None
         #: Items the pool set aside as EXPIRED.

@@ -85,7 +85,7 @@ async def warm_up(engine: Engine[Any, Any]) -> None:
     if config.warmup is None:
         return
     samples = _samples(engine)
-    sizes = config.preferred_batch_sizes or (config.max_batch_size,)
+    sizes = config.preferred_batch_sizes or (config.batch_size_bound,)
     model = engine.scheduler.model
     clock = engine.clock
     for size in sizes:
