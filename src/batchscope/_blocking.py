@@ -109,6 +109,7 @@ class BlockingBatchScope(Generic[In, Out]):
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
         admission: Admission = "queue",
+        capture_context: bool = False,
     ) -> None: ...
 
     @overload
@@ -143,6 +144,7 @@ class BlockingBatchScope(Generic[In, Out]):
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
         admission: Admission = "queue",
+        capture_context: bool = False,
     ) -> None: ...
 
     def __init__(
@@ -176,6 +178,7 @@ class BlockingBatchScope(Generic[In, Out]):
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
         admission: Admission = "queue",
+        capture_context: bool = False,
     ) -> None:
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"'backend' must be 'asyncio' or 'trio', got {backend!r}")
@@ -209,6 +212,7 @@ class BlockingBatchScope(Generic[In, Out]):
             weight=weight,
             partition=partition,
             admission=admission,
+            capture_context=capture_context,
         )
         self._backend = backend
         self._backend_options = backend_options

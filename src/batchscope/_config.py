@@ -168,6 +168,9 @@ class ScopeConfig:
     #: ``"deadline"`` (refuse at once, with :class:`~batchscope.DeadlineUnmeetableError`,
     #: one whose caller's deadline the backlog ahead says cannot be met).
     admission: Admission = attrs.field(default="queue", validator=_choice(*get_args(Admission)))
+    #: Capture each caller's context (``contextvars``, with the OpenTelemetry context in
+    #: it) at submit, for ``current_batch().contexts`` and tracing hooks.
+    capture_context: bool = attrs.field(default=False, validator=_bool)
 
     def __attrs_post_init__(self) -> None:
         # Options that only make sense together.

@@ -445,6 +445,7 @@ def batch(
     weight: float = 1.0,
     partition: Callable[[Any], Hashable] | None = None,
     admission: Admission = "queue",
+    capture_context: bool = False,
 ) -> _BatchDecorator:
     """
     Turn a batch function into one you call with one item at a time.
@@ -502,5 +503,6 @@ def batch(
             "weight": weight,
             "partition": partition,
             "admission": admission,
+            "capture_context": capture_context,
         }
     )

@@ -183,6 +183,13 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             ``retry_after`` says when to try again) when the backlog ahead of it and the
             fitted model of batch run time say it cannot finish in time, instead of
             queueing work that would be thrown away.
+        capture_context: Capture each caller's context (a ``contextvars.Context``, which
+            holds the OpenTelemetry context too) when its item is queued, so that
+            ``current_batch().contexts`` gives fn each row's context and tracing hooks
+            link each batch to its callers' spans. Off by default (a copy costs about a
+            microsecond per item); a hook whose ``captures_context`` is true (such as
+            :class:`batchscope.metrics.OpenTelemetryTracingHooks`) turns it on.
+            (Added in 0.2.0.)
 
     Raises:
         TypeError: *fn* is not callable, or an option has the wrong type.
@@ -221,6 +228,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
         admission: Admission = "queue",
+        capture_context: bool = False,
     ) -> None: ...
 
     @overload
@@ -253,6 +261,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
         admission: Admission = "queue",
+        capture_context: bool = False,
     ) -> None: ...
 
     def __init__(
@@ -284,6 +293,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         weight: float = 1.0,
         partition: Callable[[In], Hashable] | None = None,
         admission: Admission = "queue",
+        capture_context: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"'fn' must be callable, not {type(fn).__name__}")
@@ -315,18 +325,21 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             weight=weight,
             partition=partition,
             admission=admission,
+            capture_context=capture_context,
         )
         if not isinstance(cast(object, device), Device | None):
             raise TypeError(f"'device' must be a bs.Device(...), not {type(device).__name__}")
         fn_name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         log = RateLimitedLog()
+        runner = _hook_runner(hooks, log)
         #: The state the lower layers share, and the caller's side of every item.
         self._engine: Engine[In, Out] = Engine(
             config=config,
             fn_name=fn_name,
-            hooks=_hook_runner(hooks, log),
+            hooks=runner,
             log=log,
             breaker=None if circuit_breaker is None else BreakerState(circuit_breaker),
+            capture=capture_context or (runner is not None and runner.captures_context),
         )
         if cache is not None or key is not None:
             self._engine.front = CacheFront(self._engine, cache, key)
@@ -364,6 +377,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             )
         calls = loop_calls()
         engine.clock, engine.deadline = calls.clock, calls.deadline
+        engine.recorder.opened_at = engine.clock()
         engine.item_type, engine.new_signal = calls.item_type, calls.new_signal
         send, receive = anyio.create_memory_object_stream[Item[In, Out]](math.inf)
         engine.send = send
@@ -399,6 +413,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             raise
         finally:
             engine.state = ScopeState.CLOSED
+            engine.recorder.closed_at = engine.clock()
             send.close()
             if engine.device is not None:
                 engine.device.leave()
@@ -611,7 +626,11 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         .. versionadded:: 0.1.0
         """
-        return self._engine.recorder.snapshot()
+        engine = self._engine
+        recorder = engine.recorder
+        if recorder.opened_at is None or recorder.closed_at is not None:
+            return recorder.snapshot()
+        return recorder.snapshot(engine.clock())
 
     def configure(
         self,

@@ -203,6 +203,13 @@ class BatchStatistics:
     #: ``16`` partitions (by items), every other one summed under the key ``"(other)"``;
     #: empty without ``partition``. Read-only. (Added in 0.2.0.)
     partitions: Mapping[Hashable, PartitionStatistics] = attrs.field(hash=False)
+    #: Seconds (on the loop's clock) during which at least one batch was running, since
+    #: the scope opened. (Added in 0.2.0.)
+    busy_seconds: float = 0.0
+    #: ``busy_seconds`` over the seconds the scope has been open (until it exited): the
+    #: share of time the batch function had work; 0.0 before it opens. Near 1.0 means
+    #: saturated: more load only lengthens the queue. (Added in 0.2.0.)
+    busy_fraction: float = 0.0
 
 
 @attrs.define(eq=False)
@@ -235,9 +242,30 @@ class Recorder:
     queue_waits: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
     latencies: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
     partitions: PartitionCounts = attrs.Factory(PartitionCounts)
+    #: Busy time of the batches that ended while no other ran (see ``busy_since``).
+    busy_seconds: float = 0.0
+    #: When ``in_flight`` last went from 0 to 1.
+    busy_since: float = 0.0
+    #: When the scope opened and exited (None before).
+    opened_at: float | None = None
+    closed_at: float | None = None
 
-    def snapshot(self) -> BatchStatistics:
-        """Freeze the counters into a :class:`BatchStatistics`."""
+    def busy(self, now: float) -> tuple[float, float]:
+        """Busy seconds and busy fraction at *now* (the scope's exit once it exited)."""
+        opened = self.opened_at
+        if opened is None:
+            return 0.0, 0.0
+        if self.closed_at is not None:
+            now = self.closed_at
+        busy = self.busy_seconds
+        if self.in_flight:
+            busy += now - self.busy_since
+        elapsed = now - opened
+        return busy, (min(1.0, busy / elapsed) if elapsed > 0 else 0.0)
+
+    def snapshot(self, now: float = 0.0) -> BatchStatistics:
+        """Freeze the counters into a :class:`BatchStatistics` (*now*: the loop's time)."""
+        busy_seconds, busy_fraction = self.busy(now)
         return BatchStatistics(
             submitted=self.submitted,
             completed=self.completed,
@@ -268,4 +296,6 @@ class Recorder:
             isolation_calls=self.isolation_calls,
             scheduler_wakeups=self.scheduler_wakeups,
             partitions=self.partitions.snapshot(),
+            busy_seconds=busy_seconds,
+            busy_fraction=busy_fraction,
         )
