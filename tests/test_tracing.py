@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -17,18 +17,25 @@ pytestmark = pytest.mark.anyio
 REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
 
 
-class _RowContexts(FakeBatchFunction[int, str]):
-    """A fake that answers, per row, the REQUEST its caller had set."""
+def _row_contexts(
+    delay: float = 0.0,
+) -> tuple[FakeBatchFunction[int, int], Callable[[list[int]], Awaitable[list[str]]]]:
+    """A recording fake, and a fn through it that answers each row's caller's REQUEST."""
+    fake = FakeBatchFunction[int, int](delay=delay)
 
-    async def __call__(self, items: list[int]) -> list[str | Exception]:
-        await super().__call__(items)
+    async def fn(items: list[int]) -> list[str]:
+        await fake(items)
         contexts = bs.current_batch().contexts
         if contexts is None:
             return ["uncaptured"] * len(items)
         return [context.run(REQUEST.get) for context in contexts]
 
+    return fake, fn
 
-async def _call_as(scope: bs.BatchScope[int, str], request: str, item: int, out: dict[int, str]):
+
+async def _call_as(
+    scope: bs.BatchScope[int, str], request: str, item: int, out: dict[int, str]
+) -> None:
     REQUEST.set(request)
     out[item] = await scope.submit(item)
 
@@ -36,12 +43,14 @@ async def _call_as(scope: bs.BatchScope[int, str], request: str, item: int, out:
 @pytest.mark.virtual_time
 async def test_each_row_sees_its_callers_context() -> None:
     """With capture_context=True, current_batch().contexts[i] is row i's caller's context."""
-    fake = _RowContexts()
+    fake, fn = _row_contexts()
     out: dict[int, str] = {}
-    async with bs.BatchScope(fake, max_batch_size=3, max_wait=0.1, capture_context=True) as scope:
-        async with anyio.create_task_group() as tg:
-            for i in range(3):
-                tg.start_soon(_call_as, scope, f"request-{i}", i, out)
+    async with (
+        bs.BatchScope(fn, max_batch_size=3, max_wait=0.1, capture_context=True) as scope,
+        anyio.create_task_group() as tg,
+    ):
+        for i in range(3):
+            tg.start_soon(_call_as, scope, f"request-{i}", i, out)
     assert out == {i: f"request-{i}" for i in range(3)}
     assert [sorted(batch) for batch in fake.batches] == [[0, 1, 2]]
     stats = scope.statistics()
@@ -51,12 +60,14 @@ async def test_each_row_sees_its_callers_context() -> None:
 @pytest.mark.virtual_time
 async def test_contexts_are_not_captured_by_default() -> None:
     """Without capture_context (and no hook asking), fn sees contexts=None."""
-    fake = _RowContexts()
+    fake, fn = _row_contexts()
     out: dict[int, str] = {}
-    async with bs.BatchScope(fake, max_batch_size=2, max_wait=0.1) as scope:
-        async with anyio.create_task_group() as tg:
-            for i in range(2):
-                tg.start_soon(_call_as, scope, f"request-{i}", i, out)
+    async with (
+        bs.BatchScope(fn, max_batch_size=2, max_wait=0.1) as scope,
+        anyio.create_task_group() as tg,
+    ):
+        for i in range(2):
+            tg.start_soon(_call_as, scope, f"request-{i}", i, out)
     assert out == {0: "uncaptured", 1: "uncaptured"}
     assert [sorted(batch) for batch in fake.batches] == [[0, 1]]
     assert scope.statistics().completed == 2
@@ -65,17 +76,19 @@ async def test_contexts_are_not_captured_by_default() -> None:
 def test_capture_context_must_be_a_bool() -> None:
     """capture_context='yes' is a TypeError naming the option."""
     with pytest.raises(TypeError, match="'capture_context' must be True or False"):
-        bs.BatchScope(FakeBatchFunction[int, int](), capture_context="yes")  # type: ignore[arg-type]
+        bs.BatchScope(FakeBatchFunction[int, int](), capture_context="yes")  # type: ignore[call-overload]
 
 
 async def test_contexts_stay_with_their_rows_under_load(cpu_hog: Any) -> None:
     """On the real clock with a CPU hog, every caller gets its own context back."""
-    fake = _RowContexts(delay=0.002)
+    fake, fn = _row_contexts(delay=0.002)
     out: dict[int, str] = {}
-    async with bs.BatchScope(fake, max_batch_size=8, max_wait=0.005, capture_context=True) as scope:
-        async with anyio.create_task_group() as tg:
-            for i in range(60):
-                tg.start_soon(_call_as, scope, f"request-{i}", i, out)
+    async with (
+        bs.BatchScope(fn, max_batch_size=8, max_wait=0.005, capture_context=True) as scope,
+        anyio.create_task_group() as tg,
+    ):
+        for i in range(60):
+            tg.start_soon(_call_as, scope, f"request-{i}", i, out)
     assert out == {i: f"request-{i}" for i in range(60)}
     assert sorted(fake.items) == list(range(60))
     stats = scope.statistics()
@@ -110,9 +123,7 @@ async def test_busy_fraction_is_the_share_of_time_a_batch_ran() -> None:
 async def test_overlapping_batches_count_once() -> None:
     """Two batches running at once are busy time once, not twice."""
     fake = FakeBatchFunction[int, int](delay=1.0)
-    async with bs.BatchScope(
-        fake, max_batch_size=1, max_wait=0, max_concurrent_batches=2
-    ) as scope:
+    async with bs.BatchScope(fake, max_batch_size=1, max_wait=0, max_concurrent_batches=2) as scope:
         assert await scope.submit_many([1, 2]) == [1, 2]
         await anyio.sleep(1)
     stats = scope.statistics()
@@ -159,7 +170,7 @@ async def test_opentelemetry_exports_the_busy_fraction() -> None:
         for metric in scope_metrics.metrics
     }
     (busy,) = points["batchscope.busy_fraction"]
-    assert 0.0 < busy.value <= 1.0
+    assert 0.0 < busy.value <= 1.0  # type: ignore[attr-defined]
     assert scope.statistics().batches == 1
 
 
@@ -198,12 +209,12 @@ async def test_one_span_per_batch_links_its_callers(spans: tuple[Any, Any]) -> N
     hooks = OpenTelemetryTracingHooks(name="embed", tracer=tracer)
     fake = FakeBatchFunction[int, int]()
     span_ids: dict[int, int] = {}
-    async with bs.BatchScope(
-        fake, max_batch_size=3, max_wait=0.1, cost=lambda n: n, hooks=hooks
-    ) as scope:
-        async with anyio.create_task_group() as tg:
-            for i in (1, 2, 3, 4):
-                tg.start_soon(_traced_submit, tracer, scope, i, span_ids)
+    async with (
+        bs.BatchScope(fake, max_batch_size=3, max_wait=0.1, cost=lambda n: n, hooks=hooks) as scope,
+        anyio.create_task_group() as tg,
+    ):
+        for i in (1, 2, 3, 4):
+            tg.start_soon(_traced_submit, tracer, scope, i, span_ids)
     batches = [s for s in exporter.get_finished_spans() if s.name == "batchscope.batch"]
     assert len(batches) == 2 == scope.statistics().batches
     assert sorted(len(b) for b in fake.batches) == [1, 3]
@@ -235,10 +246,12 @@ async def test_links_are_capped(spans: tuple[Any, Any]) -> None:
     hooks = OpenTelemetryTracingHooks(tracer=tracer, max_links=2)
     fake = FakeBatchFunction[int, int]()
     span_ids: dict[int, int] = {}
-    async with bs.BatchScope(fake, max_batch_size=5, max_wait=0.1, hooks=hooks) as scope:
-        async with anyio.create_task_group() as tg:
-            for i in range(5):
-                tg.start_soon(_traced_submit, tracer, scope, i, span_ids)
+    async with (
+        bs.BatchScope(fake, max_batch_size=5, max_wait=0.1, hooks=hooks) as scope,
+        anyio.create_task_group() as tg,
+    ):
+        for i in range(5):
+            tg.start_soon(_traced_submit, tracer, scope, i, span_ids)
     (batch,) = [s for s in exporter.get_finished_spans() if s.name == "batchscope.batch"]
     assert len(batch.links) == 2
     assert {link.context.span_id for link in batch.links} <= set(span_ids.values())
@@ -286,10 +299,12 @@ async def test_the_tracing_hook_turns_capture_on(spans: tuple[Any, Any]) -> None
 
     span_ids: dict[int, int] = {}
     hooks = OpenTelemetryTracingHooks(tracer=tracer)
-    async with bs.BatchScope(fn, max_batch_size=2, max_wait=0.1, hooks=hooks) as scope:
-        async with anyio.create_task_group() as tg:
-            for i in range(2):
-                tg.start_soon(_traced_submit, tracer, scope, i, span_ids)
+    async with (
+        bs.BatchScope(fn, max_batch_size=2, max_wait=0.1, hooks=hooks) as scope,
+        anyio.create_task_group() as tg,
+    ):
+        for i in range(2):
+            tg.start_soon(_traced_submit, tracer, scope, i, span_ids)
     assert sorted(seen) == sorted(span_ids.values())
     assert scope.statistics().batches == 1
 

@@ -107,9 +107,7 @@ def using(items: Sequence[Item[Any, Any]], reason: ReleaseReason) -> contextvars
     contexts = None
     if items[0].context is not None:
         contexts = tuple(cast(contextvars.Context, item.context) for item in items)
-    return _CURRENT.set(
-        BatchInfo(len(items), reason, _Alive(items), items[0].partition, contexts)
-    )
+    return _CURRENT.set(BatchInfo(len(items), reason, _Alive(items), items[0].partition, contexts))
 
 
 def reset(token: contextvars.Token[BatchInfo]) -> None:

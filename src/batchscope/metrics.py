@@ -363,7 +363,8 @@ class OpenTelemetryTracingHooks(Hooks):
 
     def __init__(self, name: str = "default", tracer: Any = None, max_links: int = 128) -> None:
         trace = _require("opentelemetry.trace", "metrics")
-        if isinstance(max_links, bool) or not isinstance(max_links, int) or max_links < 0:
+        checked: object = max_links
+        if isinstance(checked, bool) or not isinstance(checked, int) or checked < 0:
             raise ValueError(f"'max_links' must be an int >= 0, got {max_links!r}")
         if tracer is None:
             tracer = trace.get_tracer("batchscope")
