@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ._hooks import BatchFinished, BatchStarted, Hooks, RejectReason
 
@@ -363,7 +363,7 @@ class OpenTelemetryTracingHooks(Hooks):
 
     def __init__(self, name: str = "default", tracer: Any = None, max_links: int = 128) -> None:
         trace = _require("opentelemetry.trace", "metrics")
-        checked: object = max_links
+        checked = cast(object, max_links)
         if isinstance(checked, bool) or not isinstance(checked, int) or checked < 0:
             raise ValueError(f"'max_links' must be an int >= 0, got {max_links!r}")
         if tracer is None:
