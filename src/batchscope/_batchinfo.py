@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Hashable, Iterator, Sequence
-from typing import Any, final, overload
+from typing import Any, cast, final, overload
 
 import attrs
 
@@ -71,7 +71,10 @@ class BatchInfo:
     alive: Sequence[bool] = attrs.field(repr=False)
     #: The batch's partition key (None when the scope has no ``partition``).
     partition: Hashable | None = None
-    #: Per row, the caller's captured context (None when the scope captures none).
+    #: Per row, the caller's context, copied when its item was queued: run code in it
+    #: with ``contexts[i].run(f)`` (its contextvars, and the OpenTelemetry context, are
+    #: the caller's). None unless the scope captures contexts (``capture_context=True``,
+    #: or a hook whose ``captures_context`` is true).
     contexts: Sequence[contextvars.Context] | None = attrs.field(default=None, repr=False)
 
 
@@ -101,7 +104,10 @@ def current_batch() -> BatchInfo:
 
 def using(items: Sequence[Item[Any, Any]], reason: ReleaseReason) -> contextvars.Token[BatchInfo]:
     """Make *items* the current batch (the executor resets the returned token after)."""
-    return _CURRENT.set(BatchInfo(len(items), reason, _Alive(items), items[0].partition))
+    contexts = None
+    if items[0].context is not None:
+        contexts = tuple(cast(contextvars.Context, item.context) for item in items)
+    return _CURRENT.set(BatchInfo(len(items), reason, _Alive(items), items[0].partition, contexts))
 
 
 def warming(size: int) -> contextvars.Token[BatchInfo]:

@@ -113,6 +113,7 @@ class BlockingBatchScope(Generic[In, Out]):
         oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
         preferred_batch_sizes: Sequence[int] | None = None,
         warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
+        capture_context: bool = False,
     ) -> None: ...
 
     @overload
@@ -151,6 +152,7 @@ class BlockingBatchScope(Generic[In, Out]):
         oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
         preferred_batch_sizes: Sequence[int] | None = None,
         warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
+        capture_context: bool = False,
     ) -> None: ...
 
     def __init__(
@@ -188,6 +190,7 @@ class BlockingBatchScope(Generic[In, Out]):
         oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
         preferred_batch_sizes: Sequence[int] | None = None,
         warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
+        capture_context: bool = False,
     ) -> None:
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"'backend' must be 'asyncio' or 'trio', got {backend!r}")
@@ -225,6 +228,7 @@ class BlockingBatchScope(Generic[In, Out]):
             oom_errors=oom_errors,
             preferred_batch_sizes=preferred_batch_sizes,
             warmup=warmup,
+            capture_context=capture_context,
         )
         self._backend = backend
         self._backend_options = backend_options

@@ -247,6 +247,10 @@ class ScopeConfig:
         preferred = self.preferred_batch_sizes
         return preferred[-1] if preferred else self.batch_size_bound
 
+    #: Capture each caller's context (``contextvars``, with the OpenTelemetry context in
+    #: it) at submit, for ``current_batch().contexts`` and tracing hooks.
+    capture_context: bool = attrs.field(default=False, validator=_bool)
+
     def __attrs_post_init__(self) -> None:
         # Options that only make sense together.
         if self.max_wait == "auto" and self.target_latency is None:

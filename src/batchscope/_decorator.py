@@ -449,6 +449,7 @@ def batch(
     oom_errors: type[Exception] | tuple[type[Exception], ...] = (),
     preferred_batch_sizes: Sequence[int] | None = None,
     warmup: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
+    capture_context: bool = False,
 ) -> _BatchDecorator:
     """
     Turn a batch function into one you call with one item at a time.
@@ -510,5 +511,6 @@ def batch(
             "oom_errors": oom_errors,
             "preferred_batch_sizes": preferred_batch_sizes,
             "warmup": warmup,
+            "capture_context": capture_context,
         }
     )

@@ -18,6 +18,7 @@ item ends) and :meth:`Engine.leave` (a caller gone: withdraw or abandon its item
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import math
 import numbers
@@ -131,6 +132,9 @@ class Engine(Generic[In, Out]):
     sizer: BatchSizer = attrs.field(init=False)
     #: Open ``map`` iterators (stopped when the scope closes).
     maps: set[MapIterator[In, Out]] = attrs.field(init=False, factory=_no_maps)
+    #: Whether queued items carry a copy of their caller's context (``capture_context``,
+    #: or a hook that asks for it).
+    capture: bool = False
     #: Until when dispatch is held: an upstream said "slow down" (fn raised an exception
     #: with a ``retry_after``); the scheduler dispatches nothing before it.
     paused_until: float = -math.inf
@@ -318,6 +322,8 @@ class Engine(Generic[In, Out]):
                 self.room.release()
                 self.reject("bad_partition")
                 raise
+        if self.capture:
+            item.context = contextvars.copy_context()
         self.recorder.pending += 1
         self.send.send_nowait(item)
 

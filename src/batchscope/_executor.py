@@ -302,6 +302,8 @@ class Executor(Generic[In, Out]):
             self.running.discard(batch)
             ended = clock()
             recorder.in_flight -= 1
+            if not recorder.in_flight:
+                recorder.busy_seconds += ended - recorder.busy_since
             recorder.finished_batches += 1
             recorder.batch_seconds += ended - started
             latencies = recorder.latencies

@@ -12,9 +12,10 @@ The exporters in :mod:`batchscope.metrics` (Prometheus, OpenTelemetry) are such 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, final
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
 
 import anyio
 import attrs
@@ -76,6 +77,12 @@ class BatchStarted:
     reason: ReleaseReason
     #: Seconds each item waited in the queue.
     queue_waits: tuple[float, ...]
+    #: Real cost over padded cost of this batch (1.0 without ``cost``, or with
+    #: ``cost_mode="sum"``). (Added in 0.2.0.)
+    padding_efficiency: float = 1.0
+    #: Per item, its caller's context captured at submit (``capture_context``, or a hook
+    #: whose ``captures_context`` is true), else None. (Added in 0.2.0.)
+    contexts: tuple[contextvars.Context, ...] | None = attrs.field(default=None, repr=False)
 
 
 @final
@@ -106,6 +113,11 @@ class Hooks:
 
     .. versionadded:: 0.1.0
     """
+
+    #: Set true in a subclass that needs each caller's context (``BatchStarted.contexts``):
+    #: a scope with such a hook captures them as if ``capture_context=True``.
+    #: (Added in 0.2.0.)
+    captures_context: ClassVar[bool] = False
 
     def scope_opened(self, scope: BatchScope[Any, Any]) -> None:
         """The scope opened (before any item)."""
@@ -156,6 +168,8 @@ class HookRunner:
     def __init__(self, hooks: Sequence[Hooks], log: RateLimitedLog) -> None:
         self._hooks = tuple(hooks)
         self._log = log
+        #: Whether a hook asks for the callers' contexts.
+        self.captures_context = any(hook.captures_context for hook in self._hooks)
 
     def call(self, method: str, *args: Any) -> None:
         for hook in self._hooks:

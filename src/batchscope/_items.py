@@ -23,6 +23,7 @@ sees the new state and does nothing, which is what makes completion exactly-once
 
 from __future__ import annotations
 
+import contextvars
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable
@@ -86,6 +87,7 @@ class Item(ABC, Generic[In, Out]):
     __slots__ = (
         "arrival",
         "batch",
+        "context",
         "cost",
         "deadline",
         "error",
@@ -135,6 +137,9 @@ class Item(ABC, Generic[In, Out]):
         self.followers: list[anyio.Event | CallbackItem[In, Out]] | None = None
         #: The item's partition key (``partition(value)``; None when the scope has none).
         self.partition: Hashable = None
+        #: The caller's context, copied when the item was queued (``capture_context``),
+        #: or None.
+        self.context: contextvars.Context | None = None
 
     def succeed(self, result: Out) -> None:
         """End the item with *result* (the caller checked that it was still live)."""

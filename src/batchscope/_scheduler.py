@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from contextvars import Context
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import anyio
 from anyio import EndOfStream, WouldBlock
@@ -532,6 +533,8 @@ class Scheduler(Generic[In, Out]):
         callers = size if engine.front is None else sum(item.waiters for item in items)
         recorder.pending -= callers
         recorder.running += callers
+        if not recorder.in_flight:
+            recorder.busy_since = now
         recorder.in_flight += 1
         recorder.batches += 1
         recorder.batched_items += size
@@ -560,7 +563,16 @@ class Scheduler(Generic[In, Out]):
             engine.device.claim(load, now)
         started = None
         if engine.hooks is not None:
-            started = BatchStarted(size, load, reason, tuple(now - item.arrival for item in items))
+            started = BatchStarted(
+                size,
+                load,
+                reason,
+                tuple(now - item.arrival for item in items),
+                real / load if config.cost is not None and load else 1.0,
+                cast(tuple[Context, ...], tuple(item.context for item in items))
+                if engine.capture
+                else None,
+            )
             engine.hooks.call("batch_started", started)
         self._executor.start(task_group, items, load, started, reason)
 

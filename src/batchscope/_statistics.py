@@ -212,6 +212,13 @@ class BatchStatistics:
     batch_size_cap: int = 0
     #: Batches (or halves of them) split in two because fn raised one of ``oom_errors``.
     oom_splits: int = 0
+    #: Seconds (on the loop's clock) during which at least one batch was running, since
+    #: the scope opened. (Added in 0.2.0.)
+    busy_seconds: float = 0.0
+    #: ``busy_seconds`` over the seconds the scope has been open (until it exited): the
+    #: share of time the batch function had work; 0.0 before it opens. Near 1.0 means
+    #: saturated: more load only lengthens the queue. (Added in 0.2.0.)
+    busy_fraction: float = 0.0
 
 
 @attrs.define(eq=False)
@@ -248,9 +255,30 @@ class Recorder:
     partitions: PartitionCounts = attrs.Factory(PartitionCounts)
     first_outputs: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
     output_gaps: deque[float] = attrs.Factory(lambda: deque(maxlen=SAMPLES))
+    #: Busy time of the batches that ended while no other ran (see ``busy_since``).
+    busy_seconds: float = 0.0
+    #: When ``in_flight`` last went from 0 to 1.
+    busy_since: float = 0.0
+    #: When the scope opened and exited (None before).
+    opened_at: float | None = None
+    closed_at: float | None = None
 
-    def snapshot(self) -> BatchStatistics:
-        """Freeze the counters into a :class:`BatchStatistics`."""
+    def busy(self, now: float) -> tuple[float, float]:
+        """Busy seconds and busy fraction at *now* (the scope's exit once it exited)."""
+        opened = self.opened_at
+        if opened is None:
+            return 0.0, 0.0
+        if self.closed_at is not None:
+            now = self.closed_at
+        busy = self.busy_seconds
+        if self.in_flight:
+            busy += now - self.busy_since
+        elapsed = now - opened
+        return busy, (min(1.0, busy / elapsed) if elapsed > 0 else 0.0)
+
+    def snapshot(self, now: float = 0.0) -> BatchStatistics:
+        """Freeze the counters into a :class:`BatchStatistics` (*now*: the loop's time)."""
+        busy_seconds, busy_fraction = self.busy(now)
         return BatchStatistics(
             submitted=self.submitted,
             completed=self.completed,
@@ -285,4 +313,6 @@ class Recorder:
             output_gap_ms=Percentiles.of(self.output_gaps),
             batch_size_cap=self.batch_size_cap,
             oom_splits=self.oom_splits,
+            busy_seconds=busy_seconds,
+            busy_fraction=busy_fraction,
         )

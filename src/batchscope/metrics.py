@@ -3,9 +3,12 @@ Metrics exporters for batchscope, built on :class:`batchscope.Hooks`.
 
 * :class:`PrometheusHooks` — ``prometheus-client`` histograms (batch size, queue wait,
   batch run time, item latency), counters (batches by release reason and outcome,
-  items by outcome) and a gauge of pending items.
+  items by outcome), a gauge of pending items and one of the busy fraction (the share of
+  time since the scope opened with at least one batch running).
 * :class:`OpenTelemetryHooks` — the same instruments through ``opentelemetry-api`` only
   (as OpenTelemetry's guidance for libraries says; the application picks the SDK).
+* :class:`OpenTelemetryTracingHooks` — one span per batch, linked to the spans of the
+  callers whose items it carries.
 
 Both are optional (``pip install 'batchscope[metrics]'``); each imports its library when
 it is constructed, so ``import batchscope.metrics`` itself costs nothing::
@@ -21,14 +24,15 @@ it is constructed, so ``import batchscope.metrics`` itself costs nothing::
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ._hooks import BatchFinished, BatchStarted, Hooks, RejectReason
 
 if TYPE_CHECKING:
     from ._scope import BatchScope
 
-__all__ = ["OpenTelemetryHooks", "PrometheusHooks"]
+__all__ = ["OpenTelemetryHooks", "OpenTelemetryTracingHooks", "PrometheusHooks"]
 
 #: Bucket bounds (seconds) for queue waits, run times and latencies: 0.5 ms to 10 s.
 SECONDS_BUCKETS = (
@@ -49,6 +53,44 @@ SECONDS_BUCKETS = (
 )
 #: Bucket bounds for batch sizes.
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class _Busy:
+    """
+    The share of wall time, since the first scope opened, with at least one batch running.
+
+    Kept from the hook's own events on a monotonic wall clock, so an exporter's thread can
+    read it at any time (a scrape never touches the event loop).
+    """
+
+    def __init__(self) -> None:
+        self.opened: float | None = None
+        self.running = 0
+        self.since = 0.0
+        self.busy = 0.0
+
+    def open(self) -> None:
+        if self.opened is None:
+            self.opened = time.monotonic()
+
+    def start(self) -> None:
+        if not self.running:
+            self.since = time.monotonic()
+        self.running += 1
+
+    def finish(self) -> None:
+        self.running -= 1
+        if not self.running:
+            self.busy += time.monotonic() - self.since
+
+    def fraction(self) -> float:
+        opened = self.opened
+        if opened is None:
+            return 0.0
+        now = time.monotonic()
+        busy = self.busy + (now - self.since if self.running else 0.0)
+        elapsed = now - opened
+        return min(1.0, busy / elapsed) if elapsed > 0 else 0.0
 
 
 def _require(module: str, extra: str) -> Any:
@@ -144,9 +186,17 @@ class PrometheusHooks(Hooks):
                     namespace=namespace,
                     registry=registry,
                 ),
+                "busy": prometheus.Gauge(
+                    "busy_fraction",
+                    "Share of time since the scope opened with at least one batch running.",
+                    labels,
+                    namespace=namespace,
+                    registry=registry,
+                ),
             }
             self._instruments[key] = instruments
         self._metrics = instruments
+        self._busy = _Busy()
 
     def _m(self, name: str, **labels: str) -> Any:
         return self._metrics[name].labels(scope=self.name, **labels)
@@ -154,11 +204,14 @@ class PrometheusHooks(Hooks):
     def scope_opened(self, scope: BatchScope[Any, Any]) -> None:
         # scope.pending is a plain counter: scrapes stay cheap (no statistics snapshot).
         self._m("pending").set_function(lambda: scope.pending)
+        self._busy.open()
+        self._m("busy").set_function(self._busy.fraction)
 
     def scope_closed(self, scope: BatchScope[Any, Any]) -> None:
         self._m("pending").set_function(lambda: 0)
 
     def batch_started(self, event: BatchStarted) -> None:
+        self._busy.start()
         self._m("batch_size").observe(event.size)
         self._m("batches", reason=event.reason).inc()
         queue_wait = self._m("queue_wait")
@@ -166,6 +219,7 @@ class PrometheusHooks(Hooks):
             queue_wait.observe(wait)
 
     def batch_finished(self, event: BatchFinished) -> None:
+        self._busy.finish()
         self._m("batch_seconds").observe(event.seconds)
         self._m("outcomes", outcome=event.outcome).inc()
         if event.completed:
@@ -225,29 +279,42 @@ class OpenTelemetryHooks(Hooks):
             unit="{item}",
             description="Items queued and not yet dispatched.",
         )
+        self._busy = _Busy()
+        self._busy_gauge = meter.create_observable_gauge(
+            "batchscope.busy_fraction",
+            callbacks=[self._observe_busy],
+            unit="1",
+            description="Share of time since the scope opened with at least one batch running.",
+        )
         self._observation = metrics.Observation
 
     def _observe_pending(self, options: Any) -> list[Any]:
         pending = sum(scope.pending for scope in self._scopes)
         return [self._observation(pending, self._attributes)]
 
+    def _observe_busy(self, options: Any) -> list[Any]:
+        return [self._observation(self._busy.fraction(), self._attributes)]
+
     def _with(self, **extra: str) -> dict[str, str]:
         return {**self._attributes, **extra}
 
     def scope_opened(self, scope: BatchScope[Any, Any]) -> None:
         self._scopes.append(scope)
+        self._busy.open()
 
     def scope_closed(self, scope: BatchScope[Any, Any]) -> None:
         if scope in self._scopes:
             self._scopes.remove(scope)
 
     def batch_started(self, event: BatchStarted) -> None:
+        self._busy.start()
         self._batch_size.record(event.size, self._attributes)
         self._batches.add(1, self._with(**{"batchscope.release_reason": event.reason}))
         for wait in event.queue_waits:
             self._queue_wait.record(wait, self._attributes)
 
     def batch_finished(self, event: BatchFinished) -> None:
+        self._busy.finish()
         self._batch_seconds.record(
             event.seconds, self._with(**{"batchscope.outcome": event.outcome})
         )
@@ -263,3 +330,104 @@ class OpenTelemetryHooks(Hooks):
 
     def item_cancelled(self, dispatched: bool) -> None:
         self._items.add(1, self._with(**{"batchscope.outcome": "cancelled"}))
+
+
+class OpenTelemetryTracingHooks(Hooks):
+    """
+    Trace a scope's batches with OpenTelemetry (``opentelemetry-api``): one span per batch.
+
+    Each span (named ``batchscope.batch``, kind ``INTERNAL``) starts when its batch is
+    dispatched and ends when the batch ends. It is the root of its own trace, and links
+    to the span that was current in each caller when it submitted (up to *max_links*
+    distinct spans; the rest are counted in ``batchscope.batch.links_dropped``), as
+    OpenTelemetry's messaging conventions do for batch processing. Attributes:
+    ``batchscope.scope``, ``batchscope.batch.size``, ``batchscope.batch.cost``,
+    ``batchscope.batch.release_reason``, ``batchscope.batch.padding_efficiency``; at the
+    end ``batchscope.batch.outcome``, ``batchscope.batch.completed``,
+    ``batchscope.batch.failed``, and an error status when the whole batch failed.
+
+    The scope captures each caller's context at submit for it (``captures_context``),
+    so inside fn ``current_batch().contexts[i]`` is row *i*'s caller's context too.
+
+    Args:
+        name: The value of the ``batchscope.scope`` attribute.
+        tracer: An ``opentelemetry.trace.Tracer``; by default one named ``batchscope``
+            from the global tracer provider (a no-op until the application sets an SDK).
+        max_links: The most caller spans one batch span links to (OpenTelemetry's SDK
+            keeps 128 links per span by default).
+
+    .. versionadded:: 0.2.0
+    """
+
+    captures_context: ClassVar[bool] = True
+
+    def __init__(self, name: str = "default", tracer: Any = None, max_links: int = 128) -> None:
+        trace = _require("opentelemetry.trace", "metrics")
+        checked = cast(object, max_links)
+        if isinstance(checked, bool) or not isinstance(checked, int) or checked < 0:
+            raise ValueError(f"'max_links' must be an int >= 0, got {max_links!r}")
+        if tracer is None:
+            tracer = trace.get_tracer("batchscope")
+        self._trace = trace
+        self._tracer = tracer
+        self._name = name
+        self._max_links = max_links
+        self._root = importlib.import_module("opentelemetry.context").Context()
+        #: Open spans by id() of their batch's start event (alive until the batch ends).
+        self._spans: dict[int, Any] = {}
+
+    def _links(self, event: BatchStarted) -> tuple[list[Any], int]:
+        """Links to the callers' distinct valid spans, and how many were left out."""
+        links: list[Any] = []
+        contexts = event.contexts
+        if not contexts:
+            return links, 0
+        trace = self._trace
+        seen: set[tuple[int, int]] = set()
+        dropped = 0
+        for context in contexts:
+            try:
+                span_context = context.run(trace.get_current_span).get_span_context()
+            except RuntimeError:  # the context is entered elsewhere right now
+                continue
+            if not span_context.is_valid:
+                continue
+            ids = (span_context.trace_id, span_context.span_id)
+            if ids in seen:
+                continue
+            seen.add(ids)
+            if len(links) < self._max_links:
+                links.append(trace.Link(span_context))
+            else:
+                dropped += 1
+        return links, dropped
+
+    def batch_started(self, event: BatchStarted) -> None:
+        links, dropped = self._links(event)
+        attributes: dict[str, Any] = {
+            "batchscope.scope": self._name,
+            "batchscope.batch.size": event.size,
+            "batchscope.batch.cost": event.cost,
+            "batchscope.batch.release_reason": event.reason,
+            "batchscope.batch.padding_efficiency": event.padding_efficiency,
+        }
+        if dropped:
+            attributes["batchscope.batch.links_dropped"] = dropped
+        self._spans[id(event)] = self._tracer.start_span(
+            "batchscope.batch",
+            context=self._root,
+            kind=self._trace.SpanKind.INTERNAL,
+            attributes=attributes,
+            links=links,
+        )
+
+    def batch_finished(self, event: BatchFinished) -> None:
+        span = self._spans.pop(id(event.started), None)
+        if span is None:
+            return
+        span.set_attribute("batchscope.batch.outcome", event.outcome)
+        span.set_attribute("batchscope.batch.completed", event.completed)
+        span.set_attribute("batchscope.batch.failed", event.failed)
+        if event.outcome == "failed":
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, "the batch failed"))
+        span.end()
