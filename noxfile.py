@@ -122,7 +122,7 @@ def typing(session: nox.Session) -> None:
 @nox.session(python=PYTHONS[-1])
 def docs(session: nox.Session) -> None:
     """Build the documentation offline; any warning is an error."""
-    session.install("-e", ".[docs,numpy,metrics]")  # autodoc imports batchscope.arrays
+    session.install("-e", ".[docs,numpy,metrics,asgi]")  # autodoc imports arrays, asgi
     session.run(
         "python",
         "-m",

@@ -169,7 +169,7 @@ class HookRunner:
         self._hooks = tuple(hooks)
         self._log = log
         #: Whether a hook asks for the callers' contexts.
-        self.captures_context = any(hook.captures_context for hook in self._hooks)
+        self.captures_context: bool = any(hook.captures_context for hook in self._hooks)
 
     def call(self, method: str, *args: Any) -> None:
         for hook in self._hooks:
