@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "_engine": 3,
     "_scheduler": 3,
     "_executor": 3,
+    "_slots": 3,
     "_cache": 3,
     "_map": 3,
     # the façade

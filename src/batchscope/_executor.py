@@ -1,7 +1,8 @@
 """
-The executor: runs one task per dispatched batch, calls fn, routes every outcome.
+The executor: runs each dispatched batch, calls fn, routes every outcome.
 
-An async fn runs in the batch's own task; a sync fn runs in a worker thread (never on the
+Batches run in the slots' persistent worker tasks (``_slots``), one batch per slot at a
+time. An async fn runs in its slot's task; a sync fn runs in a worker thread (never on the
 event loop) through ``anyio.to_thread.run_sync`` with the scope's own capacity limiter.
 Results are split back per item; an ``Exception`` instance at position *i* fails item *i*
 alone; an exception raised by fn fails every item of that batch and nothing else.
@@ -27,7 +28,7 @@ import anyio
 import anyio.to_thread
 
 from ._exceptions import BatchSizeMismatchError, CircuitOpenError
-from ._hooks import BatchFinished, BatchStarted, Outcome
+from ._hooks import BatchFinished, BatchStarted, Outcome, ReleaseReason
 from ._items import ABANDONED, DONE, RUNNING, Item
 
 if TYPE_CHECKING:
@@ -142,14 +143,23 @@ def is_async_callable(fn: object) -> bool:
 class Batch(Generic[In, Out]):
     """One dispatched batch: its items and what is needed to cancel it."""
 
-    __slots__ = ("calling", "cancel_scope", "failed", "items", "live", "load", "started")
+    __slots__ = (
+        "calling",
+        "cancel_scope",
+        "failed",
+        "items",
+        "live",
+        "load",
+        "reason",
+        "started",
+    )
 
-    def __init__(
-        self, items: list[Item[In, Out]], load: float, started: BatchStarted | None
-    ) -> None:
+    def __init__(self, items: list[Item[In, Out]], load: float, reason: ReleaseReason) -> None:
         self.items = items
-        #: The hooks' start event (None without hooks).
-        self.started = started
+        #: Why the scheduler released it.
+        self.reason: ReleaseReason = reason
+        #: The hooks' start event (None without hooks, or until the batch starts).
+        self.started: BatchStarted | None = None
         #: Whether the batch's last call raised.
         self.failed = False
         #: The batch's size, or cost, for the run-time model.
@@ -162,7 +172,7 @@ class Batch(Generic[In, Out]):
 
 
 class Executor(Generic[In, Out]):
-    """Starts batch tasks in the scope's task group and routes their outcomes."""
+    """Runs batches (in the slots' tasks) and routes their outcomes."""
 
     def __init__(
         self,
@@ -182,20 +192,14 @@ class Executor(Generic[In, Out]):
         """Apply a new ``max_concurrent_batches`` (from the next batch)."""
         self._limiter.total_tokens = batches
 
-    def start(
-        self,
-        task_group: anyio.abc.TaskGroup,
-        items: list[Item[In, Out]],
-        load: float,
-        started: BatchStarted | None,
-    ) -> None:
-        """Run *items* as one batch in a new task of *task_group*."""
-        batch = Batch(items, load, started)
+    def form(self, items: list[Item[In, Out]], load: float, reason: ReleaseReason) -> Batch[In, Out]:
+        """Make *items* one batch, theirs from now on (a caller leaving abandons it)."""
+        batch = Batch(items, load, reason)
         for item in items:
             item.batch = batch
             item.state = RUNNING
         self.running.add(batch)
-        task_group.start_soon(self._run, batch)
+        return batch
 
     def cancel_if_abandoned(self, batch: Batch[In, Out]) -> None:
         """Cancel an async batch once its last caller has left."""
@@ -244,7 +248,16 @@ class Executor(Generic[In, Out]):
             )
         return result
 
-    async def _run(self, batch: Batch[In, Out]) -> None:
+    async def run(self, batch: Batch[In, Out]) -> None:
+        """
+        Run *batch* to its end, in the calling slot's task.
+
+        Cancellation:
+            When the batch's callers have all left (async fn only), it ends at once and
+            nothing propagates; when the scope's task group is cancelled (or fn raised a
+            BaseException), every item still running fails with ScopeClosedError and
+            the exception propagates.
+        """
         engine = self._engine
         recorder = engine.recorder
         items = batch.items
@@ -254,7 +267,7 @@ class Executor(Generic[In, Out]):
             with anyio.CancelScope() as cancel_scope:
                 batch.cancel_scope = cancel_scope
                 if batch.live == 0:
-                    # Every caller left between dispatch and this task starting.
+                    # Every caller left between dispatch and this slot starting it.
                     cancel_scope.cancel()
                     return
                 await self._execute(batch)
@@ -274,7 +287,6 @@ class Executor(Generic[In, Out]):
             latencies = recorder.latencies
             for item in items:
                 latencies.append(ended - item.arrival)
-            engine.scheduler.slot_freed()
             if batch.started is not None and engine.hooks is not None:
                 engine.hooks.call("batch_finished", _finished(batch, ended - started, ended))
         if engine.front is not None:
