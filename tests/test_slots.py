@@ -153,6 +153,7 @@ async def test_formed_batch_runs_without_the_callers_who_left() -> None:
 
 async def _grow_and_shrink(delay: float) -> None:
     fn = Recorder(delay)
+    most_before = 0
     async with bs.BatchScope(fn, max_batch_size=1, max_wait=0) as scope:
         async with anyio.create_task_group() as tg:
             for value in range(8):
@@ -208,11 +209,11 @@ async def test_crash_fails_the_formed_batch() -> None:
         except bs.ScopeClosedError as exc:
             outcomes[value] = exc
 
+    scope = bs.BatchScope(fn, max_batch_size=2, max_wait=10.0)
     with pytest.raises(KeyboardInterrupt):
-        async with bs.BatchScope(fn, max_batch_size=2, max_wait=10.0) as scope:
-            async with anyio.create_task_group() as tg:
-                for value in range(4):
-                    tg.start_soon(one, scope, value)
+        async with scope, anyio.create_task_group() as tg:
+            for value in range(4):
+                tg.start_soon(one, scope, value)
     assert len(calls) == 1
     assert sorted(outcomes) == [0, 1, 2, 3]
     stats = scope.statistics()

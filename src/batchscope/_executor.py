@@ -192,7 +192,9 @@ class Executor(Generic[In, Out]):
         """Apply a new ``max_concurrent_batches`` (from the next batch)."""
         self._limiter.total_tokens = batches
 
-    def form(self, items: list[Item[In, Out]], load: float, reason: ReleaseReason) -> Batch[In, Out]:
+    def form(
+        self, items: list[Item[In, Out]], load: float, reason: ReleaseReason
+    ) -> Batch[In, Out]:
         """Make *items* one batch, theirs from now on (a caller leaving abandons it)."""
         batch = Batch(items, load, reason)
         for item in items:

@@ -332,10 +332,7 @@ class Scheduler(Generic[In, Out]):
                     return
 
                 # While every slot is busy, a finished batch wakes us: no timer.
-                if limits is None or busy:
-                    due = math.inf
-                else:
-                    due = pool.due_at(limits)
+                due = math.inf if limits is None or busy else pool.due_at(limits)
                 if limbo:
                     due = min(due, min(item.deadline for item in limbo))
                 self._waiting_for_slot = busy
@@ -377,9 +374,10 @@ class Scheduler(Generic[In, Out]):
         Receive arrivals into the pool until one may change what is due (or a poke).
 
         While every slot is busy nothing can be due: everything is gathered until a freed
-        slot pokes, or until the pool fills a batch while none is formed ahead. Otherwise an arrival that starts a pool, fills a batch or carries a
-        deadline sends the scheduler back to look, as does every arrival when items have
-        a cost or a pooled caller has a deadline (the limits then move with each); any
+        slot pokes, or until the pool fills a batch while none is formed ahead. Otherwise
+        an arrival that starts a pool, fills a batch or carries a deadline sends the
+        scheduler back to look, as does every arrival when items have a cost or a pooled
+        caller has a deadline (the limits then move with each); any
         other only joins the pool, under the same timer. Per arrival that is one receive,
         not a pass of the scheduler and a new timer.
         """
@@ -402,14 +400,11 @@ class Scheduler(Generic[In, Out]):
                 if item.state == QUEUED:  # not withdrawn while in the channel
                     pool.add(item)
                     if not self._waiting_for_slot:
-                        if (
-                            every_arrival_counts
-                            or pool.live >= size
-                            or item.deadline != math.inf
-                        ):
+                        if every_arrival_counts or pool.live >= size or item.deadline != math.inf:
                             return
                     elif preform and (
-                        pool.live >= size or (max_cost is not None and pool.pending_cost >= max_cost)
+                        pool.live >= size
+                        or (max_cost is not None and pool.pending_cost >= max_cost)
                     ):
                         return
                 try:

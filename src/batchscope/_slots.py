@@ -157,4 +157,3 @@ class Slots(Generic[In, Out]):
                     batch = ready
                 self._idle.append(send)
                 engine.scheduler.slot_freed()
-
