@@ -12,6 +12,10 @@ import batchscope as bs
 pytestmark = pytest.mark.anyio
 
 
+class Crash(BaseException):
+    """A BaseException that is not a cancellation (as KeyboardInterrupt would be)."""
+
+
 class Recorder:
     """An async batch function that logs each call, the task it ran in, and concurrency."""
 
@@ -199,7 +203,7 @@ async def test_crash_fails_the_formed_batch() -> None:
     async def fn(items: list[int]) -> list[int]:
         calls.append(items)
         await anyio.sleep(1.0)
-        raise KeyboardInterrupt
+        raise Crash("fn crashed")
 
     outcomes: dict[int, BaseException] = {}
 
@@ -210,10 +214,12 @@ async def test_crash_fails_the_formed_batch() -> None:
             outcomes[value] = exc
 
     scope = bs.BatchScope(fn, max_batch_size=2, max_wait=10.0)
-    with pytest.raises(KeyboardInterrupt):
-        async with scope, anyio.create_task_group() as tg:
-            for value in range(4):
-                tg.start_soon(one, scope, value)
+    async with anyio.create_task_group() as tg:
+        with pytest.raises(Crash, match="fn crashed"):
+            async with scope:
+                for value in range(4):  # callers outside the scope's block
+                    tg.start_soon(one, scope, value)
+                await anyio.sleep_forever()
     assert len(calls) == 1
     assert sorted(outcomes) == [0, 1, 2, 3]
     stats = scope.statistics()
