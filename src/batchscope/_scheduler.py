@@ -444,8 +444,18 @@ class Scheduler(Generic[In, Out]):
                 busy = recorder.in_flight >= limit or not slots.idle
                 # Every slot busy: form a full batch now, for the first slot that frees (its
                 # device slot, with a shared device, is claimed only when it starts).
+                # Not while the batch size adapts (``"auto"``, the out-of-memory back-off):
+                # the cap moves with each batch's outcome, so a batch formed before the
+                # running one ends would be sized by the cap it ends with.
+                config = engine.config
                 preform = (
-                    busy and slots.ready is None and not held and not half_open and self._preforms
+                    busy
+                    and slots.ready is None
+                    and not held
+                    and not half_open
+                    and self._preforms
+                    and config.max_batch_size != "auto"
+                    and not config.oom_errors
                 )
                 if preform and limits is not None and self._full(limits):
                     now = engine.clock()
