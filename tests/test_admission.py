@@ -155,8 +155,10 @@ async def test_queue_full_error_carries_retry_after() -> None:
         anyio.create_task_group() as task_group,
     ):
         await _warm(scope)
-        await _backlog(scope, task_group, 4)  # 2 of them start running
-        await _backlog(scope, task_group, 2)  # 2 running, 4 queued: full
+        await _backlog(scope, task_group, 4)  # 2 start running, 2 are formed ahead
+        while scope.statistics().running < 4:
+            await anyio.lowlevel.checkpoint()
+        await _backlog(scope, task_group, 4)  # 2 running, 2 formed ahead, 4 queued: full
         with pytest.raises(bs.QueueFullError, match="retry after") as caught:
             await scope.submit(99)
         assert caught.value.retry_after == pytest.approx(0.1, rel=0.2)

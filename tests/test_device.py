@@ -199,6 +199,48 @@ async def test_chosen_scope_whose_callers_left_hands_the_slot_on() -> None:
 
 
 @virtual
+async def test_batch_formed_ahead_holds_no_device_slot() -> None:
+    """A full batch formed while its scope's slot is busy waits for the device's grant."""
+    tracker = Tracker()
+    device = bs.Device()
+    a = bs.BatchScope(tracker.fn("a", 0.1), max_batch_size=2, max_wait=1.0, device=device)
+    b = bs.BatchScope(tracker.fn("b", 0.1), max_batch_size=2, max_wait=1.0, device=device)
+    async with a, b, anyio.create_task_group() as tg:
+        tg.start_soon(_flood, a, 2)
+        await anyio.sleep(0.01)
+        tg.start_soon(_flood, a, 2)  # formed ahead: a's only slot is busy
+        await anyio.sleep(0.01)
+        assert a.statistics().running == 4
+        tg.start_soon(_flood, b, 2)  # due, waits for the device
+        await anyio.sleep(0.01)
+        stats = device.statistics()
+        assert (stats.in_use, stats.waiting) == (1, 1)
+    # b asked first and its turn comes before a's batch formed ahead: one at a time.
+    assert tracker.order == [("a", 2), ("b", 2), ("a", 2)]
+    assert tracker.most == 1
+    assert a.statistics().batches == 2 and b.statistics().batches == 1
+    assert [share.batches for share in device.statistics().scopes] == [2, 1]
+    assert device.statistics().in_use == 0
+
+
+@virtual
+async def test_batch_formed_ahead_starts_at_once_when_granted() -> None:
+    """Alone on the device, the batch formed ahead starts the moment the slot frees."""
+    fake = FakeBatchFunction[int, int](delay=0.1)
+    device = bs.Device()
+    scope = bs.BatchScope(fake, max_batch_size=2, max_wait=1.0, device=device)
+    async with scope, anyio.create_task_group() as tg:
+        tg.start_soon(_flood, scope, 2)
+        await anyio.sleep(0.01)
+        tg.start_soon(_flood, scope, 2)
+    assert [sorted(batch) for batch in fake.batches] == [[0, 1], [0, 1]]
+    first = fake.call_times[0]
+    assert [at - first for at in fake.call_times] == pytest.approx([0.0, 0.1])
+    assert scope.statistics().batches == 2
+    assert device.statistics().in_use == 0
+
+
+@virtual
 async def test_scope_without_device_is_not_held_back() -> None:
     """A scope without device= runs beside a busy device's scopes, as before."""
     device = bs.Device()

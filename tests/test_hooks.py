@@ -108,12 +108,12 @@ async def test_a_failing_hook_is_logged_and_ignored(caplog: pytest.LogCaptureFix
 
 async def test_no_hooks_builds_no_events(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without hooks, the engine never constructs an event (no cost when unused)."""
-    from batchscope import _executor, _scheduler
+    from batchscope import _executor, _slots
 
     def forbidden(*args: object) -> None:
         raise AssertionError("an event was built without hooks")
 
-    monkeypatch.setattr(_scheduler, "BatchStarted", forbidden)
+    monkeypatch.setattr(_slots, "BatchStarted", forbidden)
     monkeypatch.setattr(_executor, "BatchFinished", forbidden)
     async with bs.BatchScope(FakeBatchFunction[int, int]()) as scope:
         assert await scope.submit_many(range(10)) == list(range(10))

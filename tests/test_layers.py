@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "_admission": 3,
     "_scheduler": 3,
     "_executor": 3,
+    "_slots": 3,
     "_cache": 3,
     "_map": 3,
     "_device": 3,

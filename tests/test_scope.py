@@ -151,10 +151,11 @@ async def test_base_exception_from_fn_fails_everyone_and_propagates(sync: bool) 
     async with anyio.create_task_group() as tg:
         with pytest.raises(Boom, match="fn crashed"):
             async with bs.BatchScope(fn, max_batch_size=2, max_wait=60) as scope:
-                for x in range(4):  # two in the running (full) batch, two pending
+                for x in range(4):  # two in the running (full) batch, two formed next
                     tg.start_soon(outside, scope, x)
                 await anyio.wait_all_tasks_blocked()
-                assert scope.statistics().running == scope.statistics().pending == 2
+                assert scope.statistics().running == 4
+                assert scope.statistics().pending == 0
                 crash_now.set()
                 await anyio.sleep_forever()
     assert len(errors) == 4
@@ -224,13 +225,13 @@ async def test_reject_when_full_raises_queue_full() -> None:
         fake, max_queue_size=2, on_full="reject", max_batch_size=1, max_wait=0
     ) as scope:
         async with anyio.create_task_group() as tg:
-            for x in range(3):  # one running, two pending: the queue is full
+            for x in range(4):  # one running, one formed next, two pending: the queue is full
                 tg.start_soon(scope.submit, x)
                 await anyio.wait_all_tasks_blocked()
             with pytest.raises(bs.QueueFullError, match="max_queue_size=2"):
                 await scope.submit(99)
         stats = scope.statistics()
-    assert (stats.submitted, stats.completed, stats.rejected) == (4, 3, 1)
+    assert (stats.submitted, stats.completed, stats.rejected) == (5, 4, 1)
 
 
 @pytest.mark.virtual_time
@@ -252,15 +253,15 @@ async def test_close_refuses_callers_waiting_for_room() -> None:
                 except bs.ScopeClosedError:
                     refused.append(x)
 
-            for x in range(5):  # 0 runs, 1 pending, 2..4 wait for room
+            for x in range(6):  # 0 runs, 1 formed next, 2 pending, 3..5 wait for room
                 tg.start_soon(call, x)
                 await anyio.wait_all_tasks_blocked()
             scope.close()
             await anyio.wait_all_tasks_blocked()
             gate.set()
         stats = scope.statistics()
-    assert sorted(refused) == [2, 3, 4]
-    assert (stats.completed, stats.rejected) == (2, 3)
+    assert sorted(refused) == [3, 4, 5]
+    assert (stats.completed, stats.rejected) == (3, 3)
 
 
 async def test_statistics_add_up_while_open_and_after_exit() -> None:

@@ -1,7 +1,8 @@
 """
-The executor: runs one task per dispatched batch, calls fn, routes every outcome.
+The executor: runs each dispatched batch, calls fn, routes every outcome.
 
-An async fn runs in the batch's own task; a sync fn runs in a worker thread (never on the
+Batches run in the slots' persistent worker tasks (``_slots``), one batch per slot at a
+time. An async fn runs in its slot's task; a sync fn runs in a worker thread (never on the
 event loop) through ``anyio.to_thread.run_sync`` with the scope's own capacity limiter.
 Results are split back per item; an ``Exception`` instance at position *i* fails item *i*
 alone; an exception raised by fn fails every item of that batch and nothing else.
@@ -156,18 +157,12 @@ class Batch(Generic[In, Out]):
         "started",
     )
 
-    def __init__(
-        self,
-        items: list[Item[In, Out]],
-        load: float,
-        started: BatchStarted | None,
-        reason: ReleaseReason = "size",
-    ) -> None:
+    def __init__(self, items: list[Item[In, Out]], load: float, reason: ReleaseReason) -> None:
         self.items: list[Item[In, Out]] = items
-        #: Why the batch left the queue (for ``current_batch()``).
+        #: Why the scheduler released it.
         self.reason: ReleaseReason = reason
-        #: The hooks' start event (None without hooks).
-        self.started: BatchStarted | None = started
+        #: The hooks' start event (None without hooks, or until the batch starts).
+        self.started: BatchStarted | None = None
         #: Whether the batch's last call raised.
         self.failed: bool = False
         #: The batch's size, or cost, for the run-time model.
@@ -180,7 +175,7 @@ class Batch(Generic[In, Out]):
 
 
 class Executor(Generic[In, Out]):
-    """Starts batch tasks in the scope's task group and routes their outcomes."""
+    """Runs batches (in the slots' tasks) and routes their outcomes."""
 
     def __init__(
         self,
@@ -203,21 +198,16 @@ class Executor(Generic[In, Out]):
         """Apply a new ``max_concurrent_batches`` (from the next batch)."""
         self._limiter.total_tokens = batches
 
-    def start(
-        self,
-        task_group: anyio.abc.TaskGroup,
-        items: list[Item[In, Out]],
-        load: float,
-        started: BatchStarted | None,
-        reason: ReleaseReason = "size",
-    ) -> None:
-        """Run *items* as one batch in a new task of *task_group*."""
-        batch = Batch(items, load, started, reason)
+    def form(
+        self, items: list[Item[In, Out]], load: float, reason: ReleaseReason
+    ) -> Batch[In, Out]:
+        """Make *items* one batch, theirs from now on (a caller leaving abandons it)."""
+        batch = Batch(items, load, reason)
         for item in items:
             item.batch = batch
             item.state = RUNNING
         self.running.add(batch)
-        task_group.start_soon(self._run, batch)
+        return batch
 
     def cancel_if_abandoned(self, batch: Batch[In, Out]) -> None:
         """Cancel an async batch once its last caller has left."""
@@ -274,7 +264,16 @@ class Executor(Generic[In, Out]):
             )
         return result
 
-    async def _run(self, batch: Batch[In, Out]) -> None:
+    async def run(self, batch: Batch[In, Out]) -> None:
+        """
+        Run *batch* to its end, in the calling slot's task.
+
+        Cancellation:
+            When the batch's callers have all left (async fn only), it ends at once and
+            nothing propagates; when the scope's task group is cancelled (or fn raised a
+            BaseException), every item still running fails with ScopeClosedError and
+            the exception propagates.
+        """
         engine = self._engine
         recorder = engine.recorder
         items = batch.items
@@ -284,7 +283,7 @@ class Executor(Generic[In, Out]):
             with anyio.CancelScope() as cancel_scope:
                 batch.cancel_scope = cancel_scope
                 if batch.live == 0:
-                    # Every caller left between dispatch and this task starting.
+                    # Every caller left between dispatch and this slot starting it.
                     cancel_scope.cancel()
                     return
                 if self.stream is not None:
@@ -311,7 +310,6 @@ class Executor(Generic[In, Out]):
                 latencies.append(ended - item.arrival)
             if engine.device is not None:
                 engine.scheduler.device_slot_freed(ended - started)
-            engine.scheduler.slot_freed()
             if batch.started is not None and engine.hooks is not None:
                 engine.hooks.call("batch_finished", _finished(batch, ended - started, ended))
         if engine.front is not None:

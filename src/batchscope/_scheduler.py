@@ -2,10 +2,12 @@
 The scheduler: one task per scope that turns pending items into batches.
 
 It receives items from the scope's memory channel into a pool (the batching policy) and,
-whenever an executor slot is free, dispatches the batch the pool says is due: a full batch
-at once, a partial one when its oldest item has waited ``max_wait``, everything when the
-scope is closing. Dispatch is pull-based: while every slot is busy the scheduler does not
-look at the clock at all, items simply accumulate and the next batch is larger.
+whenever a slot (``_slots``: a persistent worker task) is free, hands it the batch the pool
+says is due: a full batch at once, a partial one when its oldest item has waited
+``max_wait``, everything when the scope is closing. Dispatch is pull-based: while every
+slot is busy the scheduler does not look at the clock at all, items simply accumulate and
+the next batch is larger; only once they fill a batch does it form that batch, ready for
+the first slot that frees (device first: see ``_slots``).
 
 It waits in exactly one place: receiving from the channel, under a cancel scope only when
 a partial batch will come due (its timer). Arrivals that cannot change what is due (every
@@ -41,22 +43,21 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from contextvars import Context
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 from anyio import EndOfStream, WouldBlock
 
-from ._hooks import BatchStarted
 from ._items import EXPIRED, QUEUED, WITHDRAWN, Item
 from ._pending import Limits, Pool, Release
+from ._slots import Slots
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from ._device import DeviceClient
     from ._engine import Engine
-    from ._executor import Executor
+    from ._executor import Batch, Executor
 
 __all__ = ["LATENESS_DECAY", "TIMER_SLACK", "RunTimeModel", "Scheduler"]
 
@@ -220,6 +221,16 @@ class Scheduler(Generic[In, Out]):
         self.pool = pool
         self._executor = executor
         self._send = send
+        #: The batch workers, and the batch formed ahead for the first that frees.
+        self.slots: Slots[In, Out] = Slots(engine)
+        #: Whether the next arrival that fills a batch should wake it (to form it ahead).
+        self._preform = False
+        #: Whether this scope forms a full batch ahead at all: not with length buckets
+        #: (a batch formed from the first full count of items pads more than one chosen
+        #: when a slot frees from everything pooled by then), nor with partitions (the
+        #: pool's live count spans every partition, so it says nothing of a full batch).
+        config = engine.config
+        self._preforms: bool = config.policy != "length" and config.partition is None
         #: The draining scheduler's wait (a poke cannot reach it: the channel is closed).
         self._wait_scope: anyio.CancelScope | None = None
         self._receiving = False
@@ -286,7 +297,7 @@ class Scheduler(Generic[In, Out]):
                 pass  # the scope is closing: the end of the stream wakes it
 
     def slot_freed(self) -> None:
-        """A batch ended: wake the scheduler if it was waiting for a free slot."""
+        """A slot freed (or took the ready batch): wake the scheduler if it waits for one."""
         if self._waiting_for_slot:
             self.wake()
 
@@ -327,12 +338,31 @@ class Scheduler(Generic[In, Out]):
         device = self._engine.device
         assert device is not None
         engine = self._engine
-        if self.pool.live and engine.recorder.in_flight < engine.config.max_concurrent_batches:
+        ready = self.slots.ready
+        if ready is not None and ready.live:
+            # The batch formed ahead is next: the slot that frees starts it if chosen.
+            device.ask(ready.load, engine.clock(), choose=False)
+        elif self.pool.live and engine.recorder.in_flight < engine.config.max_concurrent_batches:
             now = engine.clock()
             load = self._next_load(self._limits(), now, False)
             if load:
                 device.ask(load, now, choose=False)
         device.release(seconds)
+
+    def may_start_ready(self) -> bool:
+        """
+        Whether a slot whose batch ended may start the batch formed ahead now: no pause
+        ("slow down") holds dispatch, no half-open breaker's trial batch runs, and the
+        shared device (if any) has a slot for this scope. Otherwise the scheduler starts
+        it once it may.
+        """
+        engine = self._engine
+        if self._held():
+            return False
+        breaker = engine.breaker
+        if breaker is not None and breaker.half_open and engine.recorder.in_flight >= 1:
+            return False
+        return engine.device is None or engine.device.may_run()
 
     def _pull(self) -> bool:
         """Move every item that has arrived into the pool; True at end of stream."""
@@ -356,6 +386,7 @@ class Scheduler(Generic[In, Out]):
         recorder = engine.recorder
         draining = False
         limbo = self._limbo
+        slots = self.slots
         with receive:
             while True:
                 if engine.failure is not None or task_group.cancel_scope.cancel_called:
@@ -364,45 +395,93 @@ class Scheduler(Generic[In, Out]):
                     await anyio.sleep_forever()
                 if not draining:
                     draining = self._pull()
-                limit = engine.config.max_concurrent_batches
-                if engine.breaker is not None and engine.breaker.half_open:
+                slots_wanted = engine.config.max_concurrent_batches
+                if slots.target != slots_wanted:
+                    slots.resize(task_group, slots_wanted)
+                limit = slots_wanted
+                half_open = engine.breaker is not None and engine.breaker.half_open
+                if half_open:
                     limit = 1  # one trial batch at a time
                 # Only a pool with items needs limits (an empty one is never due).
                 limits = self._limits() if pool.live else None
                 device = engine.device
                 on_device = False  # waiting for a slot of the shared device
-                if limits is not None and self._held():
+                held = (limits is not None or slots.ready is not None) and self._held()
+                if held:
                     limit = 0  # an upstream said "slow down": dispatch nothing until then
-                if limits is not None and recorder.in_flight < limit:
+                if (limits is not None or slots.ready is not None) and (
+                    recorder.in_flight < limit and slots.idle
+                ):
                     now = engine.clock()
-                    while recorder.in_flight < limit:
+                    while recorder.in_flight < limit and slots.idle:
+                        # The batch formed ahead goes first (a slot freed that could not
+                        # start it, one was added, or the device chose this scope since).
+                        ready = slots.ready
+                        if ready is not None and ready.live == 0:
+                            slots.ready = None
+                            slots.discard(ready)  # it never reaches fn
+                            continue
                         if device is not None and not device.may_run():
-                            asked = self._ask_device(device, limits, now, draining)
+                            if ready is not None:
+                                device.ask(ready.load, now)
+                                asked = True
+                            else:
+                                asked = limits is not None and self._ask_device(
+                                    device, limits, now, draining
+                                )
                             if not device.may_run():  # not chosen at once
                                 on_device = asked
                                 break
-                        taken = pool.take(now, limits, draining)
-                        if pool.expired:
-                            limbo.update(dict.fromkeys(pool.expired, False))
-                            pool.expired.clear()
+                        if ready is not None:
+                            slots.hand(ready)
+                            slots.ready = None
+                            continue
+                        if limits is None:
+                            break
+                        taken = self._take(now, limits, draining)
                         if taken is None:
                             break
-                        self._dispatch(task_group, taken[0], taken[1], now)
+                        slots.hand(self._form(taken[0], taken[1], now))
                 if device is not None and device.held:
                     device.decline()  # chosen, with nothing due after all (callers left)
-                if draining and not pool.live and not limbo:
+                busy = recorder.in_flight >= limit or not slots.idle
+                # Every slot busy: form a full batch now, for the first slot that frees (its
+                # device slot, with a shared device, is claimed only when it starts).
+                # Not while the batch size adapts (``"auto"``, the out-of-memory back-off):
+                # the cap moves with each batch's outcome, so a batch formed before the
+                # running one ends would be sized by the cap it ends with.
+                config = engine.config
+                preform = (
+                    busy
+                    and slots.ready is None
+                    and not held
+                    and not half_open
+                    and self._preforms
+                    and config.max_batch_size != "auto"
+                    and not config.oom_errors
+                )
+                if preform and limits is not None and self._full(limits):
+                    now = engine.clock()
+                    taken = self._take(now, limits, draining)
+                    if taken is not None:
+                        slots.hold(self._form(taken[0], taken[1], now))
+                    preform = False
+                    limits = self._limits() if pool.live else None
+                if draining and not pool.live and not limbo and slots.ready is None:
+                    slots.resize(None, 0)  # each worker ends once its batch has
                     return
 
                 # While every slot is busy, a finished batch wakes us: no timer. So does
                 # the shared device when it chooses us; a pause ("slow down") ends on its
                 # own timer.
-                if limits is None or recorder.in_flight >= limit or on_device:
+                if limits is None or busy or on_device:
                     due = math.inf if limit or on_device else engine.paused_until
                 else:
                     due = pool.due_at(limits)
                 if limbo:
                     due = min(due, min(item.deadline for item in limbo))
-                self._waiting_for_slot = recorder.in_flight >= limit or on_device
+                self._waiting_for_slot = busy or on_device
+                self._preform = preform
                 # Measure how late the timer fires (one clock read before and one after a
                 # timed wait; none when there is no timer).
                 armed = engine.clock() if due != math.inf else math.inf
@@ -426,6 +505,7 @@ class Scheduler(Generic[In, Out]):
                 finally:
                     self._wait_scope = None
                     self._receiving = self._poked = self._waiting_for_slot = False
+                    self._preform = False
                 recorder.scheduler_wakeups += 1
                 if armed < due:
                     late = engine.clock() - due
@@ -450,9 +530,10 @@ class Scheduler(Generic[In, Out]):
         Receive arrivals into the pool until one may change what is due (or a poke).
 
         While every slot is busy nothing can be due: everything is gathered until a freed
-        slot pokes. Otherwise an arrival that starts a pool, fills a batch or carries a
-        deadline sends the scheduler back to look, as does every arrival when items have
-        a cost or a pooled caller has a deadline (the limits then move with each); any
+        slot pokes, or until the pool fills a batch while none is formed ahead. Otherwise
+        an arrival that starts a pool, fills a batch or carries a deadline sends the
+        scheduler back to look, as does every arrival when items have a cost or a pooled
+        caller has a deadline (the limits then move with each); any
         other only joins the pool, under the same timer. Per arrival that is one receive,
         not a pass of the scheduler and a new timer.
         """
@@ -460,6 +541,8 @@ class Scheduler(Generic[In, Out]):
         pool = self.pool
         config = self._engine.config
         size = self._engine.recorder.batch_size_cap
+        preform = self._preform
+        max_cost = config.max_batch_cost
         # With a cost, or a caller's deadline in the pool, the limits (and the run time
         # a deadline is judged against) move with every arrival.
         every_arrival_counts = (
@@ -472,8 +555,12 @@ class Scheduler(Generic[In, Out]):
                     return
                 if item.state == QUEUED:  # not withdrawn while in the channel
                     pool.add(item)
-                    if not self._waiting_for_slot and (
-                        every_arrival_counts or pool.live >= size or item.deadline != math.inf
+                    if not self._waiting_for_slot:
+                        if every_arrival_counts or pool.live >= size or item.deadline != math.inf:
+                            return
+                    elif preform and (
+                        pool.live >= size
+                        or (max_cost is not None and pool.pending_cost >= max_cost)
                     ):
                         return
                 try:
@@ -520,37 +607,39 @@ class Scheduler(Generic[In, Out]):
                     del limbo[item]
                     self.pool.add(item)
 
-    def _dispatch(
-        self,
-        task_group: anyio.abc.TaskGroup,
-        items: list[Item[In, Out]],
-        reason: Release,
-        now: float,
-    ) -> None:
+    def _full(self, limits: Limits) -> bool:
+        """Whether the pool holds at least a full batch (by size, or by cost)."""
+        pool = self.pool
+        if pool.live >= limits.max_batch_size:
+            return True
+        return limits.max_batch_cost is not None and pool.pending_cost >= limits.max_batch_cost
+
+    def _take(
+        self, now: float, limits: Limits, draining: bool
+    ) -> tuple[list[Item[In, Out]], Release] | None:
+        """The batch the pool says is due now, if any; items it set aside go to limbo."""
+        pool = self.pool
+        taken = pool.take(now, limits, draining)
+        if pool.expired:
+            self._limbo.update(dict.fromkeys(pool.expired, False))
+            pool.expired.clear()
+        return taken
+
+    def _form(self, items: list[Item[In, Out]], reason: Release, now: float) -> Batch[In, Out]:
+        """Make *items* a batch: out of the queue, their callers running."""
         engine = self._engine
         recorder = engine.recorder
         size = len(items)
         callers = size if engine.front is None else sum(item.waiters for item in items)
         recorder.pending -= callers
         recorder.running += callers
-        if not recorder.in_flight:
-            recorder.busy_since = now
-        recorder.in_flight += 1
-        recorder.batches += 1
-        recorder.batched_items += size
-        recorder.sizes[size] += 1
-        recorder.reasons[reason] += 1
-        waits = recorder.queue_waits
         real = 0.0
         highest = 0.0
         config = engine.config
         if config.cost is None:
             load = float(size)
-            for item in items:
-                waits.append(now - item.arrival)
         else:
             for item in items:
-                waits.append(now - item.arrival)
                 cost = item.cost
                 real += cost
                 if cost > highest:
@@ -559,26 +648,15 @@ class Scheduler(Generic[In, Out]):
             recorder.real_cost += real
             recorder.padded_cost += load
         engine.room.release(size)
-        if engine.device is not None:
-            engine.device.claim(load, now)
-        started = None
-        if engine.hooks is not None:
-            started = BatchStarted(
-                size,
-                load,
-                reason,
-                tuple(now - item.arrival for item in items),
-                real / load if config.cost is not None and load else 1.0,
-                cast(tuple[Context, ...], tuple(item.context for item in items))
-                if engine.capture
-                else None,
-            )
-            engine.hooks.call("batch_started", started)
-        self._executor.start(task_group, items, load, started, reason)
+        return self._executor.form(items, load, reason)
 
     def fail_waiting(self, error: BaseException) -> int:
         """End every item still queued or pooled with *error*; return how many."""
         failed = 0
+        ready = self.slots.take_ready()
+        if ready is not None:
+            self._executor.running.discard(ready)
+            self._executor.fail_all(ready.items, error)
         items: list[Item[Any, Any]] = self.pool.clear()
         items.extend(item for item in self._limbo if item.state == EXPIRED)
         self._limbo.clear()

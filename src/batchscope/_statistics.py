@@ -164,7 +164,8 @@ class BatchStatistics:
     admitting: int
     #: Items queued and not yet dispatched.
     pending: int
-    #: Items in batches that are running now, whose callers still wait.
+    #: Items in batches that are running now (or formed for the next free slot), whose
+    #: callers still wait.
     running: int
     #: Items waiting in the queue right now (the same count as ``pending``).
     queue_size: int
