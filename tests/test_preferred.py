@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any, Literal, cast
 
 import anyio
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import batchscope as bs
-from batchscope.arrays import PadCollator
 from batchscope.testing import FakeBatchFunction
 
 pytestmark = pytest.mark.anyio
@@ -157,6 +155,10 @@ async def test_the_length_policy_cuts_too() -> None:
 @pytest.mark.virtual_time
 async def test_pad_collator_pads_every_batch_to_a_preferred_shape() -> None:
     """PadCollator(batch_sizes=preferred): fn sees only the preferred batch shapes."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("array_api_compat")
+    from batchscope.arrays import PadCollator
+
     shapes: list[tuple[int, ...]] = []
 
     def fn(batch: Any) -> Any:

@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import batchscope as bs
-from batchscope.arrays import PadCollator
 
 pytestmark = pytest.mark.anyio
 
@@ -285,8 +284,15 @@ def test_options_a_stream_cannot_combine_with_are_refused() -> None:
     async def fn(items: list[int]) -> AsyncIterator[list[int]]:
         yield items
 
+    class ListCollator:
+        async def collate(self, items: list[int]) -> tuple[list[int], None]:
+            return items, None
+
+        async def split(self, output: list[int], context: None) -> list[int]:
+            return output
+
     with pytest.raises(TypeError, match="'collate'"):
-        bs.BatchScope(fn, collate=PadCollator())
+        bs.BatchScope(fn, collate=ListCollator())
     with pytest.raises(ValueError, match="'isolate_failures'"):
         bs.BatchScope(fn, isolate_failures=True)
     with pytest.raises(ValueError, match="'cache'"):
