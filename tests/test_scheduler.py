@@ -324,3 +324,33 @@ def test_confirmed_run_time_needs_two_batches_and_trusts_the_faster() -> None:
     assert model.confirmed(1.0) == pytest.approx(0.010)
     model.observe(1.0, 0.030)
     assert model.confirmed(1.0) == pytest.approx(0.020)
+
+
+@pytest.mark.virtual_time
+async def test_callers_left_out_for_the_estimate_take_no_room_in_the_batch() -> None:
+    """Items set aside for the confirmed run time leave their places to the items behind."""
+    fake = FakeBatchFunction[int, int](delay=1.0)
+    # The length policy forms no batch ahead: this batch is formed when the slot frees.
+    async with bs.BatchScope(
+        fake, max_batch_size=4, max_wait=10, policy="length", cost=lambda _: 1
+    ) as scope:
+        await scope.submit_many(range(4))
+        await scope.submit_many(range(4))  # two full batches: a 1 s run time, confirmed
+        outcomes: list[str] = []
+
+        async def hurried(value: int) -> None:
+            with anyio.move_on_after(1.5):  # its deadline: before the batch could end
+                await scope.submit(value)
+                outcomes.append("served")
+                return
+            outcomes.append("gave up")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scope.submit_many, [100, 101, 102, 103])  # the slot is busy 1 s
+            await anyio.sleep(0.01)
+            tg.start_soon(hurried, 10)
+            tg.start_soon(hurried, 11)
+            await anyio.sleep(0.01)
+            tg.start_soon(scope.submit_many, [20, 21, 22, 23])
+    assert fake.batches[3] == [20, 21, 22, 23]  # a full batch, not [20, 21]
+    assert outcomes == ["gave up", "gave up"]

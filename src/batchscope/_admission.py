@@ -75,7 +75,7 @@ def judge(engine: Engine[Any, Any], cost: float) -> None:
     running = recorder.in_flight
     wait = _paused_for(engine, now)
     if running + batches_ahead >= slots:
-        wait += (0.5 * running + batches_ahead) * full / slots
+        wait += (running + batches_ahead) * full / slots
     if batches_ahead:
         own = full
     else:

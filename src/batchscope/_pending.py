@@ -339,13 +339,19 @@ class PoolBase:
                     if doubtful is None:
                         doubtful = []
                     doubtful.append(item)
-                    budget.add(item.cost)
                     continue
             budget.add(item.cost)
             batch.append(item)
         if doubtful is not None:
             if not batch:
-                return doubtful, by_cost
+                # Only doubtful callers are due: as many as a batch holds run.
+                spare = Budget(limits)
+                for item in doubtful:
+                    if spare.full_by_size or not spare.fits(item.cost):
+                        break
+                    spare.add(item.cost)
+                    batch.append(item)
+                doubtful = doubtful[len(batch) :]
             for item in doubtful:
                 item.state = EXPIRED
             self.expired.extend(doubtful)
