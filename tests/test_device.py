@@ -159,6 +159,52 @@ async def test_light_scope_waits_at_most_one_heavy_batch() -> None:
 
 
 @virtual
+async def test_batch_due_as_a_slot_frees_is_served_before_the_next_heavy_batch() -> None:
+    """A light batch that comes due the instant a heavy batch ends runs next, not after."""
+    tracker = Tracker()
+    device = bs.Device()
+    heavy = bs.BatchScope(tracker.fn("heavy", 0.25), max_batch_size=4, device=device)
+    light = bs.BatchScope(tracker.fn("light", 0.25), max_wait=0.125, device=device)
+    async with heavy, light, anyio.create_task_group() as tg:
+        tg.start_soon(_flood, heavy, 16)
+        await anyio.sleep(0.375)
+        start = anyio.current_time()
+        # Due at 0.5, as the second heavy batch ends: its timer may fire after that batch
+        # frees the slot (same instant), yet it is served before the third heavy batch.
+        assert await light.submit(7) == 7
+        assert anyio.current_time() - start == pytest.approx(0.125 + 0.25)
+    assert tracker.order[:4] == [("heavy", 4), ("heavy", 4), ("light", 1), ("heavy", 4)]
+    assert light.statistics().completed == 1 and heavy.statistics().completed == 16
+    assert device.statistics().scopes[1].wait_seconds == pytest.approx(0.0)
+
+
+@virtual
+async def test_device_asks_idle_scopes_for_a_due_batch_when_a_slot_frees() -> None:
+    """When a batch ends, a scope with a batch due that has not asked yet takes its turn."""
+    device = bs.Device()
+    woken: list[str] = []
+    light_due = [0.0]
+    heavy = device.join("heavy", 1.0, lambda: woken.append("heavy"), lambda: 16.0)
+    light = device.join("light", 1.0, lambda: woken.append("light"), lambda: light_due[0])
+    now = anyio.current_time()
+    assert heavy.may_run()
+    heavy.claim(16.0, now)
+    heavy.ask(16.0, now, choose=False)  # backlogged: asks again before its batch ends
+    heavy.release(0.25)  # nothing else due: the heavy scope's turn
+    assert woken == ["heavy"]
+    heavy.claim(16.0, now)
+    heavy.ask(16.0, now, choose=False)
+    light_due[0] = 2.0  # the light scope's timer fired; its scheduler has not run to ask
+    heavy.release(0.25)
+    assert woken == ["heavy", "light"] and light.held and not heavy.held
+    light.claim(2.0, now)
+    light_due[0] = 0.0
+    light.release(0.1)
+    assert woken == ["heavy", "light", "heavy"]
+    assert device.statistics().in_use == 1 and device.statistics().waiting == 0
+
+
+@virtual
 async def test_aging_serves_a_tiny_weight() -> None:
     """A scope of weight 0.01 is served within `aging` seconds however busy the other is."""
     device = bs.Device(aging=0.2)

@@ -18,6 +18,12 @@ device has seen, so any scope is served within ``1 / weight`` turns. Aging: a sc
 has waited ``aging`` seconds for a slot is served next, whatever its credit, so none
 starves, however small its weight.
 
+A scope's scheduler asks when its timer finds a batch due, but a slot can free in the
+same instant, before that scheduler has run: so when a batch ends, the device also asks
+each scope not yet waiting whether a batch of its is due now (``Scheduler.device_due``),
+and such a scope waits with the others before the device chooses. A batch that came due
+is never passed over for a turn it has not asked for yet.
+
 The chosen scope's slot is held for it (it may not be the next to ask), and its
 scheduler is woken through its own channel (``Scheduler.wake``); if it no longer has a
 due batch (its callers left), it hands the slot back and the device chooses again.
@@ -96,6 +102,7 @@ class DeviceClient:
         "busy",
         "deficit",
         "device",
+        "due",
         "held",
         "load",
         "name",
@@ -106,12 +113,21 @@ class DeviceClient:
         "weight",
     )
 
-    def __init__(self, device: Device, name: str, weight: float, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        device: Device,
+        name: str,
+        weight: float,
+        wake: Callable[[], None],
+        due: Callable[[], float],
+    ) -> None:
         self.device: Device = device
         self.name: str = name
         self.weight: float = weight
         #: Pokes the scope's scheduler (``Scheduler.wake``).
         self.wake: Callable[[], None] = wake
+        #: The load of the scope's batch due now, or 0.0 (``Scheduler.device_due``).
+        self.due: Callable[[], float] = due
         #: Credit in cost units (deficit round robin).
         self.deficit: float = 0.0
         #: The load of the due batch it waits to run.
@@ -163,8 +179,10 @@ class DeviceClient:
     def release(self, seconds: float) -> None:
         """A batch that held a slot for *seconds* ended: free the slot, choose the next."""
         self.busy += seconds
-        self.device.free += 1
-        self.device.choose()
+        device = self.device
+        device.free += 1
+        device.gather_due()
+        device.choose()
 
     def leave(self) -> None:
         """The scope closed: stop waiting, hand back a held slot."""
@@ -172,7 +190,13 @@ class DeviceClient:
         if self in device.ring:
             device.ring.remove(self)
         self.asked_at = math.inf
+        self.due = _nothing_due
         self.decline()
+
+
+def _nothing_due() -> float:
+    """A closed scope has no batch due."""
+    return 0.0
 
 
 @final
@@ -230,8 +254,17 @@ class Device:
         """Batches that may run at once."""
         return self._slots
 
-    def join(self, name: str, weight: float, wake: Callable[[], None]) -> DeviceClient:
-        """A scope opens on this device (on the current event loop); return its handle."""
+    def join(
+        self,
+        name: str,
+        weight: float,
+        wake: Callable[[], None],
+        due: Callable[[], float] = _nothing_due,
+    ) -> DeviceClient:
+        """
+        A scope opens on this device (on the current event loop); return its handle.
+        *wake* pokes its scheduler; *due* returns the load of its batch due now, or 0.0.
+        """
         token = anyio.lowlevel.current_token()
         if self._token is None:
             self._token = token
@@ -240,7 +273,7 @@ class Device:
                 f"{self!r} is used by scopes on another event loop; a device is shared only "
                 f"by scopes on one event loop (one thread)"
             )
-        client = DeviceClient(self, name, weight, wake)
+        client = DeviceClient(self, name, weight, wake, due)
         self._clients.append(client)
         return client
 
@@ -259,6 +292,17 @@ class Device:
                 self.ring.append(client)
         if choose and self.free > 0:
             self.choose()
+
+    def gather_due(self) -> None:
+        """Every scope with a batch due now that has not asked yet waits for a slot too."""
+        ring = self.ring
+        now = anyio.current_time()
+        for client in self._clients:
+            if client.held or client in ring:
+                continue
+            load = client.due()
+            if load:
+                self.enqueue(client, load, now, choose=False)
 
     def choose(self) -> None:
         """Hold free slots for the waiting scopes whose turn it is, and wake them."""

@@ -329,6 +329,26 @@ class Scheduler(Generic[In, Out]):
             device.ask(load, now)
         return bool(load)
 
+    def device_due(self) -> float:
+        """
+        The load of the batch this scope would dispatch now if its device gave it a slot,
+        or 0.0: asked by the device when a slot frees, so a batch whose timer fires in that
+        instant (before this scheduler has run to ask) is not passed over.
+        """
+        engine = self._engine
+        limit = engine.config.max_concurrent_batches
+        if engine.breaker is not None and engine.breaker.half_open:
+            limit = 1
+        if (
+            not self.pool.live
+            or engine.recorder.in_flight >= limit
+            or engine.failure is not None
+            or engine.task_group.cancel_scope.cancel_called
+            or self._held()
+        ):
+            return 0.0
+        return self._next_load(self._limits(), engine.clock(), False)
+
     def device_slot_freed(self, seconds: float) -> None:
         """
         A batch of this scope that held a device slot for *seconds* ended: if another

@@ -481,7 +481,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         if isinstance(device, Device):
             # Checks the loop first: a scope on another loop than the device's raises here.
             engine.device = device.join(
-                engine.fn_name, engine.config.weight, lambda: engine.scheduler.wake()
+                engine.fn_name,
+                engine.config.weight,
+                lambda: engine.scheduler.wake(),
+                lambda: engine.scheduler.device_due(),
             )
         calls = loop_calls()
         engine.clock, engine.deadline = calls.clock, calls.deadline
