@@ -58,8 +58,8 @@ LAYERS: dict[str, int] = {
 }
 #: Beside the layers: they use the public surface (façade and values), never the engine.
 BESIDE = ("arrays", "ray", "metrics", "testing", "_demo", "__main__", "asgi")
-#: The allowed exceptions: the public hook signature ``Hooks.scope_opened(scope)``, whose
-#: scope is a BatchScope or a ContinuousScope (``TYPE_CHECKING`` imports only).
+#: The allowed exceptions: the public hook signatures ``Hooks.scope_opened(scope)`` and
+#: ``Hooks.continuous_opened(scope)`` (``TYPE_CHECKING`` imports only).
 ALLOWED = {("_hooks", "_scope"), ("_hooks", "_continuous")}
 
 

@@ -88,7 +88,7 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
             raises :class:`QueueFullError` at once.
         max_buffered: Outputs one row may hold that its caller has not read.
         hooks: :class:`Hooks` (or a list of them) that receive the scope's events:
-            ``scope_opened``/``scope_closed``, ``step_started``/``step_finished``
+            ``continuous_opened``/``continuous_closed``, ``step_started``/``step_finished``
             (:class:`StepStarted`, :class:`StepFinished`), ``item_rejected`` and
             ``item_cancelled``. The exporters of :mod:`batchscope.metrics` are such hooks.
             A hook that raises is logged and ignored.
@@ -156,7 +156,7 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
                 self._task_group = task_group
                 task_group.start_soon(self._run, name=f"batchscope stepper of {self!r}")
                 if stepper.hooks is not None:
-                    stepper.hooks.call("scope_opened", self)
+                    stepper.hooks.call("continuous_opened", self)
                 try:
                     yield self
                 except BaseException as exc:
@@ -174,7 +174,7 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
             stepper.send.close()
             stepper.receive.close()
             if stepper.hooks is not None:
-                stepper.hooks.call("scope_closed", self)
+                stepper.hooks.call("continuous_closed", self)
 
     async def _run(self) -> None:
         stepper = self._stepper

@@ -5,8 +5,9 @@ Observability hooks: what a scope reports about its batches and items, and to wh
 and override what you need, then pass ``BatchScope(fn, hooks=[...])`` (or
 ``ContinuousScope(step, hooks=[...])``: its steps are :class:`StepStarted` and
 :class:`StepFinished`). The events are frozen attrs objects. With no hooks, the engine
-builds no event and calls nothing: one ``if`` per batch (or step). A hook that raises is logged (rate-limited) and otherwise ignored: an
-exporter's bug never breaks the scope or a caller.
+builds no event and calls nothing: one ``if`` per batch (or step). A hook that raises is
+logged (rate-limited) and otherwise ignored: an exporter's bug never breaks the scope or
+a caller.
 
 The exporters in :mod:`batchscope.metrics` (Prometheus, OpenTelemetry) are such hooks.
 """
@@ -174,10 +175,10 @@ class Hooks:
     #: (Added in 0.2.0.)
     captures_context: ClassVar[bool] = False
 
-    def scope_opened(self, scope: BatchScope[Any, Any] | ContinuousScope[Any, Any]) -> None:
-        """The scope opened (before any item). (A ContinuousScope too since 0.2.0.)"""
+    def scope_opened(self, scope: BatchScope[Any, Any]) -> None:
+        """The scope opened (before any item)."""
 
-    def scope_closed(self, scope: BatchScope[Any, Any] | ContinuousScope[Any, Any]) -> None:
+    def scope_closed(self, scope: BatchScope[Any, Any]) -> None:
         """The scope has exited (every item has ended)."""
 
     def batch_started(self, event: BatchStarted) -> None:
@@ -194,6 +195,12 @@ class Hooks:
     def item_cancelled(self, dispatched: bool) -> None:
         """A caller left before its item ended (before or after dispatch; in a
         ContinuousScope, after its row joined: the row is abandoned)."""
+
+    def continuous_opened(self, scope: ContinuousScope[Any, Any]) -> None:
+        """A ContinuousScope opened (before any item). (Added in 0.2.0.)"""
+
+    def continuous_closed(self, scope: ContinuousScope[Any, Any]) -> None:
+        """A ContinuousScope has exited (every row has ended). (Added in 0.2.0.)"""
 
     def step_started(self, event: StepStarted) -> None:
         """A ContinuousScope calls its step function. (Added in 0.2.0.)"""
