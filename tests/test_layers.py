@@ -59,8 +59,9 @@ LAYERS: dict[str, int] = {
 }
 #: Beside the layers: they use the public surface (façade and values), never the engine.
 BESIDE = ("arrays", "ray", "metrics", "testing", "_demo", "__main__", "asgi")
-#: The one allowed exception: the public hook signature ``Hooks.scope_opened(scope)``.
-ALLOWED = {("_hooks", "_scope")}
+#: The allowed exceptions: the public hook signatures ``Hooks.scope_opened(scope)`` and
+#: ``Hooks.continuous_opened(scope)`` (``TYPE_CHECKING`` imports only).
+ALLOWED = {("_hooks", "_scope"), ("_hooks", "_continuous")}
 
 
 def _module_of(path: Path) -> str:

@@ -54,6 +54,8 @@ from ._executor import Collator as Collator
 from ._hooks import BatchFinished as BatchFinished
 from ._hooks import BatchStarted as BatchStarted
 from ._hooks import Hooks as Hooks
+from ._hooks import StepFinished as StepFinished
+from ._hooks import StepStarted as StepStarted
 from ._map import MapIterator as MapIterator
 from ._markers import END as END
 from ._markers import End as End
@@ -106,6 +108,8 @@ __all__ = [
     "RowStream",
     "ScopeClosedError",
     "ScopeConfig",
+    "StepFinished",
+    "StepStarted",
     "WarmupError",
     "batch",
     "current_batch",

@@ -8,7 +8,7 @@ and aborts); the stepper (``_stepper``) does the rest.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from types import TracebackType
@@ -22,6 +22,7 @@ from ._bucketing import LengthPool
 from ._config import OnFull, Policy
 from ._continuous_values import ContinuousConfig, ContinuousStatistics
 from ._engine import ScopeState
+from ._hooks import Hooks, RateLimitedLog, hook_runner
 from ._pending import FifoPool, Pool, PriorityPool
 from ._stepper import RowItem, StepFunction, Stepper
 
@@ -86,6 +87,11 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
         on_full: ``"wait"``: a submit waits for room in the queue; ``"reject"``: it
             raises :class:`QueueFullError` at once.
         max_buffered: Outputs one row may hold that its caller has not read.
+        hooks: :class:`Hooks` (or a list of them) that receive the scope's events:
+            ``continuous_opened``/``continuous_closed``, ``step_started``/``step_finished``
+            (:class:`StepStarted`, :class:`StepFinished`), ``item_rejected`` and
+            ``item_cancelled``. The exporters of :mod:`batchscope.metrics` are such hooks.
+            A hook that raises is logged and ignored.
 
     Raises:
         TypeError: ``step`` is not callable, or an option has the wrong type.
@@ -106,6 +112,7 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
         max_queue_size: int = 10_000,
         on_full: OnFull = "wait",
         max_buffered: int = 64,
+        hooks: Hooks | Sequence[Hooks] | None = None,
     ) -> None:
         if not callable(step):
             raise TypeError(f"'step' must be an async function, not {type(step).__name__}")
@@ -126,7 +133,8 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
             pool = PriorityPool(config.aging)
         else:
             pool = FifoPool()
-        self._stepper: Stepper[In, Out] = Stepper(step, config, pool)
+        runner = hook_runner(hooks, RateLimitedLog())
+        self._stepper: Stepper[In, Out] = Stepper(step, config, pool, runner)
         self._task_group: TaskGroup | None = None
 
     def __repr__(self) -> str:
@@ -147,6 +155,8 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 task_group.start_soon(self._run, name=f"batchscope stepper of {self!r}")
+                if stepper.hooks is not None:
+                    stepper.hooks.call("continuous_opened", self)
                 try:
                     yield self
                 except BaseException as exc:
@@ -163,6 +173,8 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
             stepper.state = ScopeState.CLOSED
             stepper.send.close()
             stepper.receive.close()
+            if stepper.hooks is not None:
+                stepper.hooks.call("continuous_closed", self)
 
     async def _run(self) -> None:
         stepper = self._stepper
@@ -248,6 +260,16 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
         stream = RowStream(self._stepper, item, priority)
         async with stream:
             return [output async for output in stream]
+
+    @property
+    def pending(self) -> int:
+        """
+        Items waiting to join, now: ``statistics().pending`` without the snapshot (a
+        cheap gauge for exporters that scrape often).
+
+        .. versionadded:: 0.2.0
+        """
+        return self._stepper.recorder.pending
 
     def statistics(self) -> ContinuousStatistics:
         """

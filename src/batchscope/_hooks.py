@@ -2,10 +2,12 @@
 Observability hooks: what a scope reports about its batches and items, and to whom.
 
 :class:`Hooks` is a base class with no-op methods (like Trio's ``Instrument``): subclass it
-and override what you need, then pass ``BatchScope(fn, hooks=[...])``. The events are
-frozen attrs objects. With no hooks, the engine builds no event and calls nothing: one
-``if`` per batch. A hook that raises is logged (rate-limited) and otherwise ignored: an
-exporter's bug never breaks the scope or a caller.
+and override what you need, then pass ``BatchScope(fn, hooks=[...])`` (or
+``ContinuousScope(step, hooks=[...])``: its steps are :class:`StepStarted` and
+:class:`StepFinished`). The events are frozen attrs objects. With no hooks, the engine
+builds no event and calls nothing: one ``if`` per batch (or step). A hook that raises is
+logged (rate-limited) and otherwise ignored: an exporter's bug never breaks the scope or
+a caller.
 
 The exporters in :mod:`batchscope.metrics` (Prometheus, OpenTelemetry) are such hooks.
 """
@@ -14,13 +16,14 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast, final
 
 import anyio
 import attrs
 
 if TYPE_CHECKING:
+    from ._continuous import ContinuousScope
     from ._scope import BatchScope
 
 __all__ = [
@@ -31,6 +34,9 @@ __all__ = [
     "RateLimitedLog",
     "RejectReason",
     "ReleaseReason",
+    "StepFinished",
+    "StepStarted",
+    "hook_runner",
 ]
 
 logger = logging.getLogger("batchscope")
@@ -104,6 +110,56 @@ class BatchFinished:
     latencies: tuple[float, ...]
 
 
+@final
+@attrs.frozen
+class StepStarted:
+    """
+    A :class:`~batchscope.ContinuousScope` calls its step function.
+
+    .. versionadded:: 0.2.0
+    """
+
+    #: Rows in this step.
+    rows: int
+    #: Rows on their first step (they joined since the previous step).
+    new_rows: int
+    #: Rows in the running batch, this step's and those sitting it out (full buffer).
+    active: int
+    #: Total ``cost`` of the running batch (its row count without ``cost``).
+    active_cost: float
+    #: Items waiting to join.
+    pending: int
+    #: Seconds each new row waited from submit to joining.
+    join_waits: tuple[float, ...]
+
+
+@final
+@attrs.frozen
+class StepFinished:
+    """
+    The step function returned (or raised), and its outputs went to their callers.
+
+    .. versionadded:: 0.2.0
+    """
+
+    #: The step as it started.
+    started: StepStarted
+    #: Seconds the step function ran.
+    seconds: float
+    #: Outputs handed to callers (``END`` and exceptions not counted).
+    outputs: int
+    #: Rows the step ended with ``END``.
+    finished: int
+    #: Rows that failed in this step (an exception for the row, a raising step, a mismatch).
+    failed: int
+    #: Rows of this step whose caller left while it ran (their outputs were dropped).
+    abandoned: int
+    #: Seconds from submit to the first output, per row that got its first one here.
+    first_outputs: tuple[float, ...]
+    #: Seconds since the row's previous output, per other row that got one here.
+    between_outputs: tuple[float, ...]
+
+
 class Hooks:
     """
     Receive a scope's events; override the methods you need (all default to nothing).
@@ -137,7 +193,20 @@ class Hooks:
         ``deadline``."""
 
     def item_cancelled(self, dispatched: bool) -> None:
-        """A caller left before its item ended (before or after dispatch)."""
+        """A caller left before its item ended (before or after dispatch; in a
+        ContinuousScope, after its row joined: the row is abandoned)."""
+
+    def continuous_opened(self, scope: ContinuousScope[Any, Any]) -> None:
+        """A ContinuousScope opened (before any item). (Added in 0.2.0.)"""
+
+    def continuous_closed(self, scope: ContinuousScope[Any, Any]) -> None:
+        """A ContinuousScope has exited (every row has ended). (Added in 0.2.0.)"""
+
+    def step_started(self, event: StepStarted) -> None:
+        """A ContinuousScope calls its step function. (Added in 0.2.0.)"""
+
+    def step_finished(self, event: StepFinished) -> None:
+        """A ContinuousScope's step ended and its outputs were routed. (Added in 0.2.0.)"""
 
 
 class RateLimitedLog:
@@ -184,3 +253,28 @@ class HookRunner:
                     method,
                     exc=True,
                 )
+
+
+def hook_runner(hooks: object, log: RateLimitedLog) -> HookRunner | None:
+    """Validate a scope's ``hooks=`` option; the runner, or None when there are none."""
+    if hooks is None:
+        return None
+    if isinstance(hooks, type):
+        # A class, not an instance (hooks=MyHooks): say so, it is the likely slip.
+        raise TypeError(
+            f"'hooks' must be a batchscope.Hooks or a list of them, got the class "
+            f"{hooks.__name__} (pass an instance: {hooks.__name__}())"
+        )
+    if not isinstance(hooks, (Hooks, Iterable)) or isinstance(hooks, (str, bytes)):
+        raise TypeError(
+            f"'hooks' must be a batchscope.Hooks or a list of them, got {type(hooks).__name__}"
+        )
+    listed: list[object] = (
+        [hooks] if isinstance(hooks, Hooks) else list(cast("Iterable[object]", hooks))
+    )
+    for hook in listed:
+        if not isinstance(hook, Hooks):
+            raise TypeError(
+                f"'hooks' must be a batchscope.Hooks or a list of them, got {type(hook).__name__}"
+            )
+    return HookRunner(cast("Sequence[Hooks]", listed), log) if listed else None

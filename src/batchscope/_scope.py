@@ -40,7 +40,7 @@ from ._config import Admission, CostMode, OnFull, Oversize, Policy, ScopeConfig,
 from ._device import Device
 from ._engine import Engine, ScopeState
 from ._executor import BatchFunction, Collator, Executor, check_collator
-from ._hooks import HookRunner, Hooks, RateLimitedLog
+from ._hooks import Hooks, RateLimitedLog, hook_runner
 from ._items import Item, WaitedItem
 from ._map import MapIterator, gather
 from ._partitions import PartitionedPool
@@ -73,30 +73,6 @@ logger = logging.getLogger("batchscope")
 
 In = TypeVar("In")
 Out = TypeVar("Out")
-
-
-def _hook_runner(hooks: object, log: RateLimitedLog) -> HookRunner | None:
-    if hooks is None:
-        return None
-    if isinstance(hooks, type):
-        # A class, not an instance (hooks=MyHooks): say so, it is the likely slip.
-        raise TypeError(
-            f"'hooks' must be a batchscope.Hooks or a list of them, got the class "
-            f"{hooks.__name__} (pass an instance: {hooks.__name__}())"
-        )
-    if not isinstance(hooks, (Hooks, Iterable)) or isinstance(hooks, (str, bytes)):
-        raise TypeError(
-            f"'hooks' must be a batchscope.Hooks or a list of them, got {type(hooks).__name__}"
-        )
-    listed: list[object] = (
-        [hooks] if isinstance(hooks, Hooks) else list(cast("Iterable[object]", hooks))
-    )
-    for hook in listed:
-        if not isinstance(hook, Hooks):
-            raise TypeError(
-                f"'hooks' must be a batchscope.Hooks or a list of them, got {type(hook).__name__}"
-            )
-    return HookRunner(cast("Sequence[Hooks]", listed), log) if listed else None
 
 
 def _check_priority(priority: object) -> None:
@@ -428,7 +404,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             check_options(config, collate)
         fn_name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         log = RateLimitedLog()
-        runner = _hook_runner(hooks, log)
+        runner = hook_runner(hooks, log)
         #: The state the lower layers share, and the caller's side of every item.
         self._engine: Engine[In, Out] = Engine(
             config=config,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, MutableSequence, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
 
 import anyio
@@ -40,6 +40,7 @@ from ._exceptions import (
     QueueFullError,
     ScopeClosedError,
 )
+from ._hooks import HookRunner, RejectReason, StepFinished, StepStarted
 from ._items import ABANDONED, EXPIRED, POOLED, QUEUED, RUNNING, WITHDRAWN, Item
 from ._markers import End
 from ._pending import Limits, Pool
@@ -131,10 +132,20 @@ StepFunction = Callable[[list[Row[In]]], Awaitable[Sequence[Out | End | Exceptio
 class Stepper(Generic[In, Out]):
     """The task stepping one scope's active rows, and the rows' bookkeeping."""
 
-    def __init__(self, step: StepFunction[In, Out], config: ContinuousConfig, pool: Pool) -> None:
+    def __init__(
+        self,
+        step: StepFunction[In, Out],
+        config: ContinuousConfig,
+        pool: Pool,
+        hooks: HookRunner | None = None,
+    ) -> None:
         self.step = step
         self.config = config
         self.pool = pool
+        #: The hooks, or None: then no event is built (one ``if`` per step).
+        self.hooks: HookRunner | None = hooks
+        #: With hooks: the join waits of the rows that joined since the last step.
+        self.join_waits: list[float] = []
         #: The step function's name, for messages.
         self.name: str = getattr(step, "__qualname__", None) or type(step).__name__
         self.recorder: ContinuousRecorder = ContinuousRecorder()
@@ -213,7 +224,7 @@ class Stepper(Generic[In, Out]):
         """The queue is full: reject, or wait for room (``on_full``)."""
         recorder = self.recorder
         if self.config.on_full == "reject":
-            recorder.rejected += 1
+            self._reject("queue_full")
             raise QueueFullError(
                 f"the queue of {self.describe()} holds max_queue_size="
                 f"{self.config.max_queue_size} waiting items"
@@ -224,27 +235,35 @@ class Stepper(Generic[In, Out]):
         except BaseException:
             recorder.admitting -= 1
             recorder.cancelled += 1
+            if self.hooks is not None:
+                self.hooks.call("item_cancelled", False)
             raise
         recorder.admitting -= 1
         if self.state is not ScopeState.OPEN:
             self.room.release()  # pass the wake-up on to the next waiter
-            recorder.rejected += 1
+            self._reject("closed")
             raise self.closed_error()
+
+    def _reject(self, reason: RejectReason) -> None:
+        """Count a refused submit and tell the hooks why."""
+        self.recorder.rejected += 1
+        if self.hooks is not None:
+            self.hooks.call("item_rejected", reason)
 
     def _cost_of(self, value: In, cost_fn: Callable[[In], float]) -> float:
         try:
             cost: object = cost_fn(value)
         except Exception as exc:
-            self.recorder.rejected += 1
+            self._reject("bad_cost")
             raise ValueError(
                 f"the 'cost' function raised {type(exc).__name__} for this item: {exc}"
             ) from exc
         if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
-            self.recorder.rejected += 1
+            self._reject("bad_cost")
             raise TypeError(f"the 'cost' function must return a number, got {type(cost).__name__}")
         cost = float(cost)
         if not math.isfinite(cost) or cost < 0:
-            self.recorder.rejected += 1
+            self._reject("bad_cost")
             raise ValueError(f"the 'cost' function must return a finite number >= 0, got {cost}")
         return cost
 
@@ -277,6 +296,8 @@ class Stepper(Generic[In, Out]):
         else:
             return
         item.send.close()
+        if self.hooks is not None:
+            self.hooks.call("item_cancelled", state == RUNNING)
         self.wake()
 
     # -- the task ------------------------------------------------------------------------
@@ -389,6 +410,8 @@ class Stepper(Generic[In, Out]):
         recorder.pending -= 1
         recorder.active += 1
         recorder.join_waits.append(now - item.arrival)
+        if self.hooks is not None:
+            self.join_waits.append(now - item.arrival)
 
     def _ready(self) -> list[RowItem[In, Out]]:
         """The active rows whose callers have room for one more output."""
@@ -401,6 +424,51 @@ class Stepper(Generic[In, Out]):
 
     async def _step(self, items: list[RowItem[In, Out]]) -> None:
         """Call the step function once over *items* and route its outputs."""
+        hooks = self.hooks
+        if hooks is None:
+            raised, outputs = await self._call(items)
+            self._route(
+                items, raised, outputs, self.recorder.first_outputs, self.recorder.between_outputs
+            )
+        else:
+            await self._observed(items, hooks)
+
+    async def _observed(self, items: list[RowItem[In, Out]], hooks: HookRunner) -> None:
+        """:meth:`_step` with ``step_started`` and ``step_finished`` around it."""
+        recorder = self.recorder
+        started = StepStarted(
+            rows=len(items),
+            new_rows=sum(1 for item in items if item.row is not None and item.row.new),
+            active=len(self.active),
+            active_cost=self.active_cost,
+            pending=recorder.pending,
+            join_waits=tuple(self.join_waits),
+        )
+        self.join_waits.clear()
+        hooks.call("step_started", started)
+        begun = anyio.current_time()
+        raised, outputs = await self._call(items)
+        seconds = anyio.current_time() - begun
+        before = (recorder.outputs, recorder.rows_finished, recorder.rows_failed)
+        first: list[float] = []
+        between: list[float] = []
+        self._route(items, raised, outputs, first, between)
+        recorder.first_outputs.extend(first)
+        recorder.between_outputs.extend(between)
+        finished = StepFinished(
+            started=started,
+            seconds=seconds,
+            outputs=recorder.outputs - before[0],
+            finished=recorder.rows_finished - before[1],
+            failed=recorder.rows_failed - before[2],
+            abandoned=sum(1 for item in items if item.state == ABANDONED),
+            first_outputs=tuple(first),
+            between_outputs=tuple(between),
+        )
+        hooks.call("step_finished", finished)
+
+    async def _call(self, items: list[RowItem[In, Out]]) -> tuple[bool, object]:
+        """Count a step and call the step function: (whether it raised, its result)."""
         recorder = self.recorder
         recorder.steps += 1
         recorder.stepped_rows += len(items)
@@ -410,10 +478,23 @@ class Stepper(Generic[In, Out]):
             outputs = cast(object, await self.step(rows))  # type: ignore[arg-type]
         except Exception as exc:
             self._advance(rows)
-            for item in items:
-                self._fail(item, exc)
-            return
+            return True, exc
         self._advance(rows)
+        return False, outputs
+
+    def _route(
+        self,
+        items: list[RowItem[In, Out]],
+        raised: bool,
+        outputs: object,
+        first: MutableSequence[float],
+        between: MutableSequence[float],
+    ) -> None:
+        """Send each output to its row's caller; end or fail rows; time the outputs."""
+        if raised:
+            for item in items:
+                self._fail(item, cast(Exception, outputs))
+            return
         if isinstance(outputs, (str, bytes)) or not isinstance(outputs, Sequence):
             kind = type(outputs).__name__
             error: Exception = TypeError(
@@ -430,6 +511,7 @@ class Stepper(Generic[In, Out]):
             for item in items:
                 self._fail(item, error)
             return
+        recorder = self.recorder
         now = anyio.current_time()
         for item, output in zip(items, results, strict=True):
             if item.state != RUNNING:
@@ -446,9 +528,9 @@ class Stepper(Generic[In, Out]):
                 recorder.outputs += 1
                 last = item.last_output
                 if last != last:  # nan: the first output
-                    recorder.first_outputs.append(now - item.arrival)
+                    first.append(now - item.arrival)
                 else:
-                    recorder.between_outputs.append(now - last)
+                    between.append(now - last)
                 item.last_output = now
 
     @staticmethod

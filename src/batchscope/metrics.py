@@ -10,6 +10,11 @@ Metrics exporters for batchscope, built on :class:`batchscope.Hooks`.
 * :class:`OpenTelemetryTracingHooks` — one span per batch, linked to the spans of the
   callers whose items it carries.
 
+Attached to a :class:`~batchscope.ContinuousScope`, the first two export its steps
+instead: steps, active rows per step, step run time, join wait, time to first output,
+time between outputs, rows finished/failed/abandoned, and the same pending gauge and
+item counters (rejected, cancelled).
+
 Both are optional (``pip install 'batchscope[metrics]'``); each imports its library when
 it is constructed, so ``import batchscope.metrics`` itself costs nothing::
 
@@ -25,12 +30,16 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 
-from ._hooks import BatchFinished, BatchStarted, Hooks, RejectReason
+from ._hooks import BatchFinished, BatchStarted, Hooks, RejectReason, StepFinished, StepStarted
 
 if TYPE_CHECKING:
+    from ._continuous import ContinuousScope
     from ._scope import BatchScope
+
+    #: What a hook is attached to.
+    AnyScope: TypeAlias = BatchScope[Any, Any] | ContinuousScope[Any, Any]
 
 __all__ = ["OpenTelemetryHooks", "OpenTelemetryTracingHooks", "PrometheusHooks"]
 
@@ -193,10 +202,67 @@ class PrometheusHooks(Hooks):
                     namespace=namespace,
                     registry=registry,
                 ),
+                # -- a ContinuousScope's ------------------------------------------------
+                "steps": prometheus.Counter(
+                    "steps",
+                    "Calls of a continuous scope's step function.",
+                    labels,
+                    namespace=namespace,
+                    registry=registry,
+                ),
+                "step_rows": prometheus.Histogram(
+                    "step_rows",
+                    "Active rows per step.",
+                    labels,
+                    namespace=namespace,
+                    buckets=SIZE_BUCKETS,
+                    registry=registry,
+                ),
+                "step_seconds": prometheus.Histogram(
+                    "step_duration_seconds",
+                    "Time the step function ran, per step.",
+                    labels,
+                    namespace=namespace,
+                    buckets=SECONDS_BUCKETS,
+                    registry=registry,
+                ),
+                "join_wait": prometheus.Histogram(
+                    "join_wait_seconds",
+                    "Time from submit to joining the running batch, per row.",
+                    labels,
+                    namespace=namespace,
+                    buckets=SECONDS_BUCKETS,
+                    registry=registry,
+                ),
+                "first_output": prometheus.Histogram(
+                    "time_to_first_output_seconds",
+                    "Time from submit to a row's first output.",
+                    labels,
+                    namespace=namespace,
+                    buckets=SECONDS_BUCKETS,
+                    registry=registry,
+                ),
+                "between_outputs": prometheus.Histogram(
+                    "time_between_outputs_seconds",
+                    "Time between two consecutive outputs of one row.",
+                    labels,
+                    namespace=namespace,
+                    buckets=SECONDS_BUCKETS,
+                    registry=registry,
+                ),
+                "rows": prometheus.Counter(
+                    "rows",
+                    "Rows that left the running batch, by outcome (finished, failed, abandoned).",
+                    [*labels, "outcome"],
+                    namespace=namespace,
+                    registry=registry,
+                ),
             }
             self._instruments[key] = instruments
         self._metrics = instruments
         self._busy = _Busy()
+        #: Open continuous scopes (an abandoned row is a dispatched cancellation there).
+        self._continuous = 0
 
     def _m(self, name: str, **labels: str) -> Any:
         return self._metrics[name].labels(scope=self.name, **labels)
@@ -209,6 +275,14 @@ class PrometheusHooks(Hooks):
 
     def scope_closed(self, scope: BatchScope[Any, Any]) -> None:
         self._m("pending").set_function(lambda: 0)
+
+    def continuous_opened(self, scope: ContinuousScope[Any, Any]) -> None:
+        self._m("pending").set_function(lambda: scope.pending)
+        self._continuous += 1
+
+    def continuous_closed(self, scope: ContinuousScope[Any, Any]) -> None:
+        self._m("pending").set_function(lambda: 0)
+        self._continuous -= 1
 
     def batch_started(self, event: BatchStarted) -> None:
         self._busy.start()
@@ -235,6 +309,28 @@ class PrometheusHooks(Hooks):
 
     def item_cancelled(self, dispatched: bool) -> None:
         self._m("items", outcome="cancelled").inc()
+        if dispatched and self._continuous:
+            self._m("rows", outcome="abandoned").inc()
+
+    def step_started(self, event: StepStarted) -> None:
+        self._m("steps").inc()
+        self._m("step_rows").observe(event.rows)
+        join_wait = self._m("join_wait")
+        for wait in event.join_waits:
+            join_wait.observe(wait)
+
+    def step_finished(self, event: StepFinished) -> None:
+        self._m("step_seconds").observe(event.seconds)
+        if event.finished:
+            self._m("rows", outcome="finished").inc(event.finished)
+        if event.failed:
+            self._m("rows", outcome="failed").inc(event.failed)
+        first_output = self._m("first_output")
+        for seconds in event.first_outputs:
+            first_output.observe(seconds)
+        between_outputs = self._m("between_outputs")
+        for seconds in event.between_outputs:
+            between_outputs.observe(seconds)
 
 
 class OpenTelemetryHooks(Hooks):
@@ -254,7 +350,9 @@ class OpenTelemetryHooks(Hooks):
         if meter is None:
             meter = metrics.get_meter("batchscope")
         self._attributes = {"batchscope.scope": name}
-        self._scopes: list[BatchScope[Any, Any]] = []
+        self._scopes: list[AnyScope] = []
+        #: Open continuous scopes (an abandoned row is a dispatched cancellation there).
+        self._continuous = 0
         self._batch_size = meter.create_histogram(
             "batchscope.batch.size", unit="{item}", description="Items per dispatched batch."
         )
@@ -287,6 +385,34 @@ class OpenTelemetryHooks(Hooks):
             description="Share of time since the scope opened with at least one batch running.",
         )
         self._observation = metrics.Observation
+        # -- a ContinuousScope's ----------------------------------------------------------
+        self._steps = meter.create_counter(
+            "batchscope.steps", unit="{step}", description="Calls of the step function."
+        )
+        self._step_rows = meter.create_histogram(
+            "batchscope.step.rows", unit="{row}", description="Active rows per step."
+        )
+        self._step_seconds = meter.create_histogram(
+            "batchscope.step.duration", unit="s", description="Time the step function ran."
+        )
+        self._join_wait = meter.create_histogram(
+            "batchscope.row.join_wait", unit="s", description="Time from submit to joining."
+        )
+        self._first_output = meter.create_histogram(
+            "batchscope.row.time_to_first_output",
+            unit="s",
+            description="Time from submit to a row's first output.",
+        )
+        self._between_outputs = meter.create_histogram(
+            "batchscope.row.time_between_outputs",
+            unit="s",
+            description="Time between two consecutive outputs of one row.",
+        )
+        self._rows = meter.create_counter(
+            "batchscope.rows",
+            unit="{row}",
+            description="Rows that left the running batch, by outcome.",
+        )
 
     def _observe_pending(self, options: Any) -> list[Any]:
         pending = sum(scope.pending for scope in self._scopes)
@@ -305,6 +431,15 @@ class OpenTelemetryHooks(Hooks):
     def scope_closed(self, scope: BatchScope[Any, Any]) -> None:
         if scope in self._scopes:
             self._scopes.remove(scope)
+
+    def continuous_opened(self, scope: ContinuousScope[Any, Any]) -> None:
+        self._scopes.append(scope)
+        self._continuous += 1
+
+    def continuous_closed(self, scope: ContinuousScope[Any, Any]) -> None:
+        if scope in self._scopes:
+            self._scopes.remove(scope)
+            self._continuous -= 1
 
     def batch_started(self, event: BatchStarted) -> None:
         self._busy.start()
@@ -330,6 +465,25 @@ class OpenTelemetryHooks(Hooks):
 
     def item_cancelled(self, dispatched: bool) -> None:
         self._items.add(1, self._with(**{"batchscope.outcome": "cancelled"}))
+        if dispatched and self._continuous:
+            self._rows.add(1, self._with(**{"batchscope.outcome": "abandoned"}))
+
+    def step_started(self, event: StepStarted) -> None:
+        self._steps.add(1, self._attributes)
+        self._step_rows.record(event.rows, self._attributes)
+        for wait in event.join_waits:
+            self._join_wait.record(wait, self._attributes)
+
+    def step_finished(self, event: StepFinished) -> None:
+        self._step_seconds.record(event.seconds, self._attributes)
+        if event.finished:
+            self._rows.add(event.finished, self._with(**{"batchscope.outcome": "finished"}))
+        if event.failed:
+            self._rows.add(event.failed, self._with(**{"batchscope.outcome": "failed"}))
+        for seconds in event.first_outputs:
+            self._first_output.record(seconds, self._attributes)
+        for seconds in event.between_outputs:
+            self._between_outputs.record(seconds, self._attributes)
 
 
 class OpenTelemetryTracingHooks(Hooks):
