@@ -15,6 +15,7 @@ import pytest
 
 from batchscope.__main__ import main
 from batchscope._demo import DemoConfig, format_table, request_lengths, requests, run_demo
+from batchscope._demo.generate import GenerateConfig, output_lengths, run_generate
 from batchscope._demo.models import MINILM_INSTALL, SimulatedModel, count_words
 
 INSTALLED = ["asyncio"] + (["trio"] if importlib.util.find_spec("trio") else [])
@@ -222,6 +223,7 @@ def test_command_line_plot_without_matplotlib(tmp_path: Path) -> None:
         (["--plot", "picture.pdf"], "must end in .png or .svg"),
         (["--plot", "/no/such/dir/x.png"], "no such directory"),
         (["--seed", "-1"], "must be >= 0"),
+        (["--workload", "chat"], "invalid choice: 'chat'"),
     ],
 )
 def test_command_line_rejects_bad_arguments(
@@ -239,3 +241,93 @@ def test_command_line_call_ms_does_not_apply_to_minilm(capsys: pytest.CaptureFix
     """--call-ms with --model minilm is refused before anything loads."""
     assert main(["demo", "--model", "minilm", "--call-ms", "2"]) == 2
     assert "--call-ms applies to the numpy and simulated models" in capsys.readouterr().err
+
+
+# -- --workload generate: static vs continuous batching of a simulated generator -----------
+
+GENERATE_SMALL = ("--workload", "generate", "--requests", "40", "--clients", "16")
+
+
+@pytest.mark.anyio
+@pytest.mark.virtual_time
+async def test_continuous_beats_static_batching_on_a_virtual_clock() -> None:
+    """On a virtual clock: continuous batching doubles throughput, cuts p99 TTFT 3x."""
+    config = GenerateConfig(requests=200, clients=64)
+    static, continuous = await run_generate(config)
+    assert (static.mode, continuous.mode) == ("static", "continuous")
+    for result in (static, continuous):
+        assert len(result.ttfts) == config.requests
+        assert result.throughput * result.seconds == pytest.approx(sum(output_lengths(config)))
+    assert continuous.throughput >= 2 * static.throughput
+    assert static.ttft_p99_ms >= 3 * continuous.ttft_p99_ms
+    assert continuous.steps < static.steps
+    # A static batch keeps paying for its full rows; continuous rows leave when done.
+    assert static.mean_rows_per_step > continuous.mean_rows_per_step
+
+
+@pytest.mark.anyio
+@pytest.mark.virtual_time
+async def test_generate_static_batch_runs_until_its_longest_row_ends() -> None:
+    """One static batch of every request: exactly max(lengths) steps, each as costly."""
+    config = GenerateConfig(requests=8, clients=8, max_active=8, max_wait=1.0)
+    lengths = output_lengths(config)
+    static, continuous = await run_generate(config)
+    step = config.step_seconds + config.row_seconds * 8
+    assert static.steps == max(lengths)
+    assert static.mean_rows_per_step == 8
+    # The batch is full at once (released by size, not after max_wait).
+    assert static.seconds == pytest.approx(max(lengths) * step, rel=1e-6)
+    # Continuous: each row's END takes one more step of its own, its place freed after it.
+    assert max(lengths) < continuous.steps <= max(lengths) + 2
+    assert continuous.mean_rows_per_step < static.mean_rows_per_step
+
+
+def test_generate_lengths_are_seeded_lognormal() -> None:
+    """Output lengths: median near 24, capped; the same seed gives the same lengths."""
+    lengths = output_lengths(GenerateConfig(requests=4000, seed=3))
+    assert 21 <= statistics.median(lengths) <= 27
+    assert max(lengths) <= 256 and min(lengths) >= 1
+    assert lengths == output_lengths(GenerateConfig(requests=4000, seed=3))
+    assert lengths != output_lengths(GenerateConfig(requests=4000, seed=4))
+
+
+@pytest.mark.parametrize("backend", INSTALLED)
+def test_command_line_generate_workload_runs(backend: str) -> None:
+    """`demo --workload generate` prints static and continuous side by side, TTFT included."""
+    done = run_cli("--backend", backend, *GENERATE_SMALL)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"batchscope demo: generate workload (simulated generator), {backend}"
+    assert "40 requests from 16 concurrent clients" in done.stdout
+    for text in ("outputs/s", "TTFT p50 ms", "TTFT p99 ms", "static batching", "continuous"):
+        assert text in done.stdout
+    assert "continuous vs static batching: " in done.stdout
+    assert "unbatched" not in done.stdout and done.stderr == ""
+
+
+def test_command_line_generate_plot(tmp_path: Path) -> None:
+    """--workload generate --plot FILE draws the throughput and TTFT picture."""
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "generate.svg"
+    done = run_cli(*GENERATE_SMALL, "--plot", str(path))
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {path}" in done.stdout
+    assert b"<svg" in path.read_bytes()[:200]
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--model", "numpy"], "--model"),
+        (["--policy", "fifo"], "--policy"),
+        (["--call-ms", "2"], "--call-ms"),
+        (["--progress"], "--progress"),
+    ],
+)
+def test_command_line_generate_refuses_embed_options(
+    args: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Options of the embed workload are refused with --workload generate, naming the option."""
+    assert main(["demo", "--workload", "generate", *args]) == 2
+    error = capsys.readouterr().err
+    assert f"{option} applies to the embed workload, not --workload generate" in error

@@ -153,6 +153,135 @@ def test_trio_hypercorn_service_batches_concurrent_requests() -> None:
     assert final.completed == 150
 
 
+# -- token streaming over server-sent events: uvicorn (asyncio), Hypercorn (Trio) --------
+
+STREAMING = ("streaming_service", "fastapi", "uvicorn", "httpx", "hypercorn", "sniffio")
+
+
+async def streaming_stats(client: Any) -> dict[str, Any]:
+    """The streaming service's ``/stats``: the scope's statistics and tokens produced."""
+    response = await client.get("/stats")
+    response.raise_for_status()
+    stats: dict[str, Any] = response.json()
+    return stats
+
+
+async def hang_up_after(base_url: str, target: str, events: int) -> None:
+    """A plain HTTP/1.1 client: read *events* server-sent events of *target*, then disconnect."""
+    host, port = base_url.removeprefix("http://").split(":")
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        request = f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+        await stream.send(request.encode())
+        received = b""
+        while received.count(b"data: ") < events:
+            received += await stream.receive()
+        assert received.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.anyio
+async def test_streaming_service_sends_each_token_as_it_is_produced(cpu_hog: Any) -> None:
+    """An SSE client reads the first token while the row still runs; tokens come spread out."""
+    service = load(*STREAMING)
+    import httpx
+
+    generator = service.TokenGenerator(step_seconds=0.01)
+    app = service.create_app(generator)
+    tokens, arrivals = 40, []
+    with anyio.fail_after(30):
+        async with (
+            service.serving(app, shutdown_timeout=5) as base_url,
+            httpx.AsyncClient(base_url=base_url, timeout=10) as client,
+            client.stream("GET", "/generate", params={"prompt": "p", "tokens": tokens}) as response,
+        ):
+            assert response.headers["content-type"].startswith("text/event-stream")
+            received, events = [], []
+            async for event, data in service.read_events(response):
+                events.append(event)
+                if event == "message":
+                    received.append(data)
+                    arrivals.append(anyio.current_time())
+                if len(received) == 1 == len(events):  # the first token: the row still runs
+                    during = (await streaming_stats(client))["statistics"]
+                    assert during["active"] == 1 and during["completed"] == 0
+    assert events == ["message"] * tokens + ["end"]
+    assert received == service.expected_tokens("p", tokens)
+    # One token per step of at least 10 ms: a response sent in one piece would arrive at once.
+    assert arrivals[-1] - arrivals[0] >= 0.3
+    final = app.state.scope.statistics()
+    assert (final.completed, final.outputs, final.rows_finished) == (1, tokens, 1)
+    assert generator.produced == {"p": tokens}
+
+
+@pytest.mark.anyio
+async def test_streaming_service_gives_concurrent_clients_their_own_tokens() -> None:
+    """Eight concurrent streams each get exactly their own tokens, in order, sharing steps."""
+    service = load(*STREAMING)
+    import httpx
+
+    app = service.create_app(service.TokenGenerator(step_seconds=0.005))
+    wanted = {f"client {i}": 5 + 3 * i for i in range(8)}
+    got: dict[str, list[str]] = {}
+    with anyio.fail_after(30):
+        async with (
+            service.serving(app, shutdown_timeout=5) as base_url,
+            httpx.AsyncClient(base_url=base_url, timeout=10) as client,
+        ):
+
+            async def one(prompt: str, count: int) -> None:
+                got[prompt] = await service.stream_tokens(client, prompt, count)
+
+            async with anyio.create_task_group() as task_group:
+                for prompt, count in wanted.items():
+                    task_group.start_soon(one, prompt, count)
+            served = await streaming_stats(client)
+    assert got == {prompt: service.expected_tokens(prompt, n) for prompt, n in wanted.items()}
+    assert served["produced"] == wanted
+    stats = served["statistics"]
+    assert stats["completed"] == stats["rows_finished"] == 8
+    assert stats["outputs"] == sum(wanted.values())
+    assert stats["steps"] < sum(wanted.values())  # rows shared steps
+    assert stats["mean_rows_per_step"] > 1
+    final = app.state.scope.statistics()
+    assert final.active == final.pending == final.failed == final.cancelled == 0
+
+
+@pytest.mark.anyio
+async def test_streaming_service_client_that_disconnects_frees_its_row(cpu_hog: Any) -> None:
+    """A client that hangs up mid-stream: its row leaves, the generator stops producing for it."""
+    service = load(*STREAMING)
+    import httpx
+
+    generator = service.TokenGenerator(step_seconds=0.005)
+    app = service.create_app(generator)
+    with anyio.fail_after(30):
+        async with (
+            service.serving(app, shutdown_timeout=5) as base_url,
+            httpx.AsyncClient(base_url=base_url, timeout=10) as client,
+        ):
+            stayer: list[str] = []
+
+            async def stay() -> None:
+                stayer.extend(await service.stream_tokens(client, "stayer", 30))
+
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(stay)
+                await hang_up_after(base_url, "/generate?prompt=leaver&tokens=1000", 3)
+                # The server sees the disconnect and ends the row before a later step.
+                with anyio.fail_after(10):
+                    # An HTTP client has no event to wait on: it asks /stats.
+                    while (await streaming_stats(client))["statistics"]["rows_abandoned"] < 1:  # noqa: ASYNC110
+                        await anyio.sleep(0.02)
+            produced = generator.produced["leaver"]
+            await anyio.sleep(0.2)  # 40 steps' worth: none of them for the leaver
+            after = await streaming_stats(client)
+    assert after["produced"]["leaver"] == produced < 100
+    assert stayer == service.expected_tokens("stayer", 30)
+    stats = after["statistics"]
+    assert (stats["completed"], stats["cancelled"], stats["rows_abandoned"]) == (1, 1, 1)
+    assert stats["active"] == 0  # and no step runs for nobody:
+    assert app.state.scope.statistics().steps == stats["steps"]
+
+
 # -- the remote batch API client and the bulk writer: every backend ---------------------
 
 
@@ -242,6 +371,16 @@ SCRIPTS = {
         "196 succeeded, 4 refused",
     ),
     "item_lifecycle": ([], [], "the scope breaks:"),
+    "streaming_service": (
+        ["--requests", "12"],
+        ["fastapi", "uvicorn", "httpx"],
+        "12 streams answered under asyncio",
+    ),
+    "streaming_service --backend trio": (
+        ["--requests", "12", "--backend", "trio"],
+        ["fastapi", "httpx", "hypercorn", "trio"],
+        "12 streams answered under trio",
+    ),
     "sqlite_bulk_write": (
         ["--rows", "200", "--producers", "50"],
         [],
@@ -257,7 +396,8 @@ def test_example_runs_as_a_program(name: str) -> None:
     for module in requires:
         pytest.importorskip(module)
     run = partial(subprocess.run, capture_output=True, text=True, timeout=90, check=False)
-    done = run([sys.executable, str(EXAMPLES / f"{name}.py"), *args])
+    script = EXAMPLES / f"{name.split()[0]}.py"
+    done = run([sys.executable, str(script), *args])
     assert done.returncode == 0, done.stderr
     assert expected in done.stdout
 

@@ -5,6 +5,10 @@ The command line of ``python -m batchscope`` (``__main__`` only calls :func:`mai
 with a model whose cost follows padded tokens, three ways: unbatched, FIFO-batched and
 length-bucketed; it shows live progress and prints throughput, latency, batch sizes,
 padding efficiency and why batches were released. ``--plot FILE`` draws the comparison.
+
+``python -m batchscope demo --workload generate`` streams the outputs of a simulated
+generator instead, with static batching and with continuous batching at the same
+``max_active``, and prints throughput and time to first output side by side.
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ import attrs
 
 from . import MODES, DemoConfig, Mode, format_header, run_demo
 from .display import PLOT_FORMATS, have, make_progress, print_results, write_plot
+from .generate import (
+    GenerateConfig,
+    format_generate_header,
+    format_generate_table,
+    run_generate,
+    write_generate_plot,
+)
 from .models import (
     DemoModel,
     MissingDependencyError,
@@ -34,6 +45,9 @@ __all__ = ["main"]
 #: The workload when the command line does not say: (clients, requests, max batch size).
 _LOAD = {"minilm": (64, 192, 16)}
 _DEFAULT_LOAD = (DemoConfig().clients, DemoConfig().requests, DemoConfig().max_batch_size)
+_GENERATE_LOAD = (GenerateConfig().clients, GenerateConfig().requests, GenerateConfig().max_active)
+#: Options of the embed workload only (``--workload generate`` refuses them).
+_EMBED_ONLY = (("model", "auto"), ("policy", "both"), ("call_ms", None), ("progress", None))
 #: The largest ``--max-batch-size`` (a padded batch of 512 tokens stays well under 1 GB).
 _MAX_BATCH_SIZE = 1024
 _POLICIES: dict[str, tuple[Mode, ...]] = {
@@ -91,6 +105,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     defaults = DemoConfig()
     demo.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    demo.add_argument(
+        "--workload",
+        choices=["embed", "generate"],
+        default="embed",
+        help="embed: unbatched vs FIFO vs length-bucketed batching of an embedding model "
+        "(default); generate: static vs continuous batching of a simulated generator "
+        f"(default {_GENERATE_LOAD[1]} requests from {_GENERATE_LOAD[0]} clients, "
+        f"--max-batch-size is max_active, default {_GENERATE_LOAD[2]})",
+    )
     demo.add_argument(
         "--model",
         choices=["auto", "numpy", "simulated", "minilm"],
@@ -171,6 +194,8 @@ def _demo(args: argparse.Namespace) -> int:
         return _fail("--backend trio needs Trio: pip install 'batchscope[trio]'")
     if args.plot is not None and not have("matplotlib"):
         return _fail("--plot needs matplotlib: pip install matplotlib")
+    if args.workload == "generate":
+        return _generate(args)
     if args.model == "minilm" and args.call_ms is not None:
         return _fail("--call-ms applies to the numpy and simulated models, not minilm")
     if args.model == "minilm" and (missing := minilm_missing()) is not None:
@@ -213,6 +238,35 @@ def _demo(args: argparse.Namespace) -> int:
         lines = header.splitlines()
         try:
             write_plot(results, args.plot, f"{lines[0]}\n{lines[2]}")
+        except OSError as exc:
+            return _fail(f"could not write {args.plot}: {exc}")
+        print(f"\nwrote {args.plot}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    for name, default in _EMBED_ONLY:
+        if getattr(args, name) != default:
+            option = "--" + name.replace("_", "-")
+            return _fail(f"{option} applies to the embed workload, not --workload generate")
+    clients, count, max_active = _GENERATE_LOAD
+    config = GenerateConfig(
+        clients=clients if args.clients is None else args.clients,
+        requests=count if args.requests is None else args.requests,
+        max_active=max_active if args.max_batch_size is None else args.max_batch_size,
+        max_wait=args.max_wait_ms / 1000,
+        seed=args.seed,
+    )
+    header = format_generate_header(config, args.backend)
+    print(header, end="\n\n", flush=True)
+    try:
+        results = anyio.run(run_generate, config, backend=args.backend)
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+    print(format_generate_table(results))
+    if args.plot is not None:
+        try:
+            write_generate_plot(results, args.plot, header.splitlines()[0])
         except OSError as exc:
             return _fail(f"could not write {args.plot}: {exc}")
         print(f"\nwrote {args.plot}")
