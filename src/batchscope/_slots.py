@@ -62,8 +62,8 @@ class Slots(Generic[In, Out]):
         #: The hand-over ends of the idle workers (the most recently idle last).
         self._idle: list[MemoryObjectSendStream[Batch[In, Out]]] = []
         #: Workers alive, and how many the scope wants.
-        self.workers = 0
-        self.target = 0
+        self.workers: int = 0
+        self.target: int = 0
         #: A full batch formed while every slot was busy, for the first one that frees.
         self.ready: Batch[In, Out] | None = None
         #: Workers started so far (their tasks' names number them).
@@ -79,7 +79,7 @@ class Slots(Generic[In, Out]):
         Have *target* workers: start the missing ones in *task_group*, end idle ones
         beyond it (a busy one beyond it ends when its batch does).
         """
-        self.target = target
+        self.target: int = target
         while self.workers < target and task_group is not None:
             send, receive = anyio.create_memory_object_stream["Batch[In, Out]"](1)
             self.workers += 1
