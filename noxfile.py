@@ -87,6 +87,10 @@ def tests(session: nox.Session, deps: str) -> None:
         "--ignore=tests/test_examples.py",
         "--ignore=tests/test_benchmarks_smoke.py",
     ]
+    if not session.posargs and session.python != PYTHONS[-1]:
+        # The real-clock tier (tens of seconds of real time per backend) runs once, on
+        # the newest Python, on every backend; the other Pythons run everything else.
+        args += ["-m", "not realclock"]
     session.run("pytest", *args)
 
 

@@ -69,6 +69,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "virtual_time: run on a virtual autojump clock (asyncio and trio)"
     )
+    config.addinivalue_line(
+        "markers",
+        "realclock: the real-clock tier (deadlines, statistics races, chaos) under a CPU hog; "
+        "nox runs it on the newest Python, on every backend",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -31,7 +31,7 @@ import pytest
 
 import batchscope as bs
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.realclock]
 
 #: Batches end, and callers give up, on the scale of this (seconds).
 TICK = 0.004

@@ -13,7 +13,7 @@ import pytest
 
 import batchscope as bs
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.realclock]
 
 
 def identity(items: list[int]) -> list[int]:

@@ -20,7 +20,7 @@ import pytest
 
 import batchscope as bs
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.realclock]
 
 #: Batches end, and callers give up, on multiples of this (seconds): so they collide.
 TICK = 0.004
