@@ -66,12 +66,21 @@ async def completes() -> Ending:
 async def withdrawn_before_dispatch() -> Ending:
     """The caller gives up before its item could go: it is withdrawn, fn never sees it."""
     fake = FakeBatchFunction[int, int]()
-    async with bs.BatchScope(fake, max_wait=10.0) as scope:
+    async with (
+        bs.BatchScope(fake, max_wait=10.0) as scope,
+        anyio.create_task_group() as task_group,
+    ):
         try:
-            # 1 ms is less than a batch is expected to take (2 ms before any is timed),
-            # so the scheduler does not send it early for this deadline: it waits, and
-            # the caller's timeout withdraws it.
-            with anyio.fail_after(0.001):
+            # A deadline the scheduler knows of would send the item early, to be served
+            # in time; this caller sets its deadline only once its item is queued (say,
+            # a client that hangs up), so the item waits for max_wait and the caller's
+            # timeout withdraws it.
+            with anyio.fail_after(None) as caller:
+
+                async def give_up_soon() -> None:  # runs once submit() has queued
+                    caller.deadline = anyio.current_time() + 0.01
+
+                task_group.start_soon(give_up_soon)
                 await scope.submit(1)
         except TimeoutError as exc:
             seen = _describe(exc)
