@@ -79,7 +79,7 @@ class Slots(Generic[In, Out]):
         Have *target* workers: start the missing ones in *task_group*, end idle ones
         beyond it (a busy one beyond it ends when its batch does).
         """
-        self.target: int = target
+        self.target = target
         while self.workers < target and task_group is not None:
             send, receive = anyio.create_memory_object_stream["Batch[In, Out]"](1)
             self.workers += 1
