@@ -148,6 +148,14 @@ async def test_fresh_scope_refuses_nobody() -> None:
 async def test_queue_full_error_carries_retry_after() -> None:
     """QueueFullError says how long a batch's worth of backlog takes to drain."""
     fake = FakeBatchFunction[int, int](delay=0.1)
+    refusals: list[bs.QueueFullError] = []
+
+    async def caller(value: int) -> None:
+        try:
+            await scope.submit(value)
+        except bs.QueueFullError as exc:
+            refusals.append(exc)
+
     async with (
         bs.BatchScope(
             fake, max_batch_size=2, max_wait=0, max_queue_size=4, on_full="reject"
@@ -155,14 +163,16 @@ async def test_queue_full_error_carries_retry_after() -> None:
         anyio.create_task_group() as task_group,
     ):
         await _warm(scope)
-        await _backlog(scope, task_group, 4)  # 2 start running, 2 are formed ahead
-        while scope.statistics().running < 4:
-            await anyio.lowlevel.checkpoint()
-        await _backlog(scope, task_group, 4)  # 2 running, 2 formed ahead, 4 queued: full
-        with pytest.raises(bs.QueueFullError, match="retry after") as caught:
-            await scope.submit(99)
-        assert caught.value.retry_after == pytest.approx(0.1, rel=0.2)
-    assert scope.statistics().rejected == 1
+        # More callers at once than running batches, a batch formed ahead and a full
+        # queue can hold (at most 2 + 2 + 4): the rest are refused at once.
+        for i in range(12):
+            task_group.start_soon(caller, 100 + i)
+    assert refusals, "no caller was refused"
+    assert all("retry after" in str(exc) for exc in refusals)
+    assert all(exc.retry_after == pytest.approx(0.1, rel=0.2) for exc in refusals)
+    stats = scope.statistics()
+    assert stats.rejected == len(refusals)
+    assert stats.completed == 4 + 12 - len(refusals)
 
 
 @pytest.mark.virtual_time
