@@ -5,12 +5,15 @@ when its caller will have given up by then.
 With ``admission="deadline"`` the engine asks :func:`judge` for every submit whose caller
 has a deadline. The prediction is a fluid model of the backlog, built from what the scope
 already keeps: the items queued ahead (``recorder.pending``, priced by the pool's mean
-cost), the batches running (``recorder.in_flight``, each assumed half done), the slots
+cost), the batches running (``recorder.in_flight``, each assumed just started), the slots
 (``max_concurrent_batches``) and the scheduler's fitted :class:`RunTimeModel`. Full
 batches ahead of the item run first, ``max_concurrent_batches`` at a time; the item's own
-batch then runs once. Until a batch has been timed the model predicts a few milliseconds,
-so a fresh scope refuses nobody: the prediction errs towards admitting, since a refusal
-that could have been served is lost work too.
+batch then runs once. Run times are the ones recent batches confirm
+(``RunTimeModel.confirmed``: nothing until two batches are timed, then the least of the
+fit and the last two), so a fresh scope, or one after a single slow (cold-start) batch,
+refuses nobody and its estimate gets corrected: refusals never lock callers out. The
+prediction errs towards admitting, since a refusal that could have been served is lost
+work too.
 
 :func:`drain_time` is the ``retry_after`` of a full queue: the time the backlog takes to
 drain a batch's worth.
@@ -42,15 +45,15 @@ def _batch(engine: Engine[Any, Any], cost: float) -> tuple[float, float]:
     size = engine.recorder.batch_size_cap or config.batch_size_bound
     model = engine.scheduler.model
     if config.cost is None:
-        return float(size), model.predict(float(size))
+        return float(size), model.confirmed(float(size))
     pool = engine.scheduler.pool
     mean_cost = pool.pending_cost / pool.live if pool.live else cost
     mean_cost = max(mean_cost, 1e-9)
     budget = config.max_batch_cost
     if budget is None:
-        return float(size), model.predict(size * mean_cost)
+        return float(size), model.confirmed(size * mean_cost)
     per_batch = max(1.0, min(float(size), math.floor(budget / mean_cost)))
-    return per_batch, model.predict(min(budget, per_batch * mean_cost))
+    return per_batch, model.confirmed(min(budget, per_batch * mean_cost))
 
 
 def _paused_for(engine: Engine[Any, Any], now: float) -> float:
@@ -79,7 +82,7 @@ def judge(engine: Engine[Any, Any], cost: float) -> None:
     if batches_ahead:
         own = full
     else:
-        own = engine.scheduler.model.predict(
+        own = engine.scheduler.model.confirmed(
             (ahead + 1) * (1.0 if engine.config.cost is None else cost)
         )
     if now + wait + own <= deadline:
