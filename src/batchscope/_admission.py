@@ -11,7 +11,9 @@ batches ahead of the item run first, ``max_concurrent_batches`` at a time; the i
 batch then runs once. Run times are the ones recent batches confirm
 (``RunTimeModel.confirmed``: nothing until two batches are timed, then the least of the
 fit and the last two), so a fresh scope, or one after a single slow (cold-start) batch,
-refuses nobody and its estimate gets corrected: refusals never lock callers out. The
+refuses nobody and its estimate gets corrected; and an idle scope (nothing queued or
+running, no pause) admits whoever comes, the probe that corrects an estimate grown stale
+after slow batches: refusals never lock callers out. The
 prediction errs towards admitting, since a refusal that could have been served is lost
 work too.
 
@@ -77,6 +79,12 @@ def judge(engine: Engine[Any, Any], cost: float) -> None:
     slots = engine.config.max_concurrent_batches
     running = recorder.in_flight
     wait = _paused_for(engine, now)
+    if not ahead and not running and not wait:
+        # An idle scope admits: a refusal could rest only on past run times, and only a
+        # new batch can correct them (one slow batch must not lock callers out for good).
+        # The admitted item is the probe; callers that come while it waits or runs are
+        # judged against it.
+        return
     if running + batches_ahead >= slots:
         wait += (running + batches_ahead) * full / slots
     if batches_ahead:
