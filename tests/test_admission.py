@@ -262,7 +262,7 @@ async def test_slow_batches_never_lock_callers_out() -> None:
             with anyio.fail_after(0.3):
                 assert await scope.submit(60 + i) == 60 + i
     assert 51 not in fake.items
-    assert [50, 60, 61, 62, 63, 64] == fake.items[4:]
+    assert fake.items[4:] == [50, 60, 61, 62, 63, 64]
     stats = scope.statistics()
     assert (stats.rejected, stats.completed) == (1, 10)
 
