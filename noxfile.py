@@ -1,6 +1,7 @@
 """
-Sessions: ``nox`` runs tests on every supported Python (read from the pyproject
-classifiers) with the minimal and the full dependency set, plus lint and typing.
+Sessions: ``nox`` runs the tests with every optional dependency on every supported Python
+(read from the pyproject classifiers), the core alone on the oldest and the newest, and
+lint, typing, docs, the examples and the benchmarks' smoke tests.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 nox.options.sessions = [
     "tests",
+    "tests_minimal",
     "pytest_trio",
     "lint",
     "typing",
@@ -64,34 +66,43 @@ def _expose_pyenv_interpreters() -> None:
 
 _expose_pyenv_interpreters()
 
-DEPENDENCY_SETS = {
-    # The core alone: asyncio only (the tests' trio parameters skip themselves).
-    "minimal": ["-e", ".[test]"],
-    # Everything optional that the tests exercise: trio, uvloop, the array collators.
-    "full": [
-        "-e",
-        ".[test,trio,uvloop,numpy,metrics,progress,demo]",
-        "array-api-strict>=2.0",
-        "opentelemetry-sdk>=1.20",
-    ],
-}
+#: Everything optional that the tests exercise: trio, uvloop, the array collators, metrics.
+FULL_DEPS = [
+    "-e",
+    ".[test,trio,uvloop,numpy,metrics,progress,demo]",
+    "array-api-strict>=2.0",
+    "opentelemetry-sdk>=1.20",
+]
+#: The examples and the loopback HTTP tests have a session of their own, and so do the
+#: benchmark smoke tests.
+OWN_SESSIONS = [
+    "--ignore=tests/test_examples.py",
+    "--ignore=tests/test_http_overload.py",
+    "--ignore=tests/test_benchmarks_smoke.py",
+]
 
 
 @nox.session(python=PYTHONS)
-@nox.parametrize("deps", list(DEPENDENCY_SETS))
-def tests(session: nox.Session, deps: str) -> None:
-    """Run the test suite."""
-    session.install(*DEPENDENCY_SETS[deps])
-    # The examples and the benchmark smoke tests have sessions of their own.
-    args = session.posargs or [
-        "--ignore=tests/test_examples.py",
-        "--ignore=tests/test_benchmarks_smoke.py",
-    ]
+def tests(session: nox.Session) -> None:
+    """The test suite with every optional dependency: asyncio, uvloop and Trio."""
+    session.install(*FULL_DEPS)
+    args = session.posargs or OWN_SESSIONS
     if not session.posargs and session.python != PYTHONS[-1]:
         # The real-clock tier (tens of seconds of real time per backend) runs once, on
         # the newest Python, on every backend; the other Pythons run everything else.
-        args += ["-m", "not realclock"]
+        args = [*args, "-m", "not realclock"]
     session.run("pytest", *args)
+
+
+@nox.session(python=[PYTHONS[0], PYTHONS[-1]])
+def tests_minimal(session: nox.Session) -> None:
+    """
+    The core alone (asyncio only; the tests of optional parts skip themselves), on the
+    oldest and the newest Python: nothing outside the core is imported by accident.
+    The real-clock tier runs in ``tests``.
+    """
+    session.install("-e", ".[test]")
+    session.run("pytest", *(session.posargs or [*OWN_SESSIONS, "-m", "not realclock"]))
 
 
 @nox.session(python=PYTHONS[-1])
@@ -145,7 +156,7 @@ def docs(session: nox.Session) -> None:
 def examples(session: nox.Session) -> None:
     """Run every example for real (HTTP on loopback), under asyncio, uvloop and Trio."""
     session.install("-e", ".[test,trio,uvloop,examples]")
-    session.run("pytest", "tests/test_examples.py", *session.posargs)
+    session.run("pytest", "tests/test_examples.py", "tests/test_http_overload.py", *session.posargs)
 
 
 @nox.session(python=PYTHONS[-1], venv_backend="virtualenv", venv_params=["--system-site-packages"])

@@ -273,6 +273,7 @@ async def test_oom_is_split_not_retried() -> None:
 # -- the real clock: outcomes -----------------------------------------------------------
 
 
+@pytest.mark.realclock
 async def test_auto_size_under_a_busy_cpu(cpu_hog: Any) -> None:
     """On a loaded real loop, 'auto' keeps batches well below the ceiling and serves all."""
     sizes: list[int] = []
@@ -294,6 +295,7 @@ async def test_auto_size_under_a_busy_cpu(cpu_hog: Any) -> None:
     assert max(sizes[2:]) <= 100
 
 
+@pytest.mark.realclock
 async def test_oom_back_off_under_a_busy_cpu(cpu_hog: Any) -> None:
     """On a loaded real loop, a sync fn out of memory above 8 items still serves everyone once."""
     hungry = Hungry(limit=8)

@@ -111,6 +111,7 @@ def test_exception_of_fn_reaches_the_calling_thread_unchanged(
         assert scope.submit(2) == 2  # the scope goes on
 
 
+@pytest.mark.realclock
 def test_a_non_finite_priority_is_refused(loop: dict[str, Any], cpu_hog: Any) -> None:
     """A thread's submit with priority=nan raises ValueError naming 'priority'."""
     fake = FakeBatchFunction[int, int]()

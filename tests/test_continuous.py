@@ -424,6 +424,7 @@ async def test_submit_outside_scope_says_how_to_open_it() -> None:
 # -- the real clock -----------------------------------------------------------------------
 
 
+@pytest.mark.realclock
 async def test_many_streams_under_load_get_their_own_outputs(cpu_hog: Any) -> None:
     """Real clock, CPU hog: 40 concurrent rows each get exactly their outputs, in order."""
     gen = Generator(step_time=0.001)

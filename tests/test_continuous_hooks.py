@@ -335,6 +335,7 @@ async def test_opentelemetry_exporter_covers_a_continuous_scope() -> None:
 # -- outcomes on the real clock -----------------------------------------------------------
 
 
+@pytest.mark.realclock
 async def test_events_add_up_to_the_statistics_under_load(cpu_hog: Any) -> None:
     """On a busy real loop, the step events sum to what statistics() counted."""
     hooks = Recorder()

@@ -111,6 +111,7 @@ async def test_priority_passes_through_to_submit() -> None:
     assert fake.batches == [[1]]
 
 
+@pytest.mark.realclock
 async def test_a_non_finite_priority_is_refused(cpu_hog: Any) -> None:
     """A call with priority=nan raises ValueError naming 'priority', as submit does."""
     fake = FakeBatchFunction[int, int]()

@@ -332,6 +332,7 @@ def test_device_options_are_checked() -> None:
         bs.Device(aging=0)
 
 
+@pytest.mark.realclock
 async def test_shared_device_real_clock(cpu_hog: object) -> None:
     """On the real clock under load, two scopes on one device get every result, in turn."""
     tracker = Tracker()

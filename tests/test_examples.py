@@ -178,6 +178,7 @@ async def hang_up_after(base_url: str, target: str, events: int) -> None:
         assert received.startswith(b"HTTP/1.1 200")
 
 
+@pytest.mark.realclock
 @pytest.mark.anyio
 async def test_streaming_service_sends_each_token_as_it_is_produced(cpu_hog: Any) -> None:
     """An SSE client reads the first token while the row still runs; tokens come spread out."""
@@ -245,6 +246,7 @@ async def test_streaming_service_gives_concurrent_clients_their_own_tokens() -> 
     assert final.active == final.pending == final.failed == final.cancelled == 0
 
 
+@pytest.mark.realclock
 @pytest.mark.anyio
 async def test_streaming_service_client_that_disconnects_frees_its_row(cpu_hog: Any) -> None:
     """A client that hangs up mid-stream: its row leaves, the generator stops producing for it."""

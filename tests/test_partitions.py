@@ -325,6 +325,7 @@ async def test_every_item_in_one_batch_of_one_partition_within_budget(
     assert sum(s.items for s in stats.partitions.values()) == len(schedule)
 
 
+@pytest.mark.realclock
 async def test_partitions_on_a_loaded_real_clock(cpu_hog: object) -> None:
     """Real clock, CPU hog: mixed keys all complete, batches never mix keys."""
     keys_seen: list[set[str]] = []

@@ -239,6 +239,7 @@ async def test_every_batch_has_a_preferred_size_unless_drained(
     assert sum(size for _, size in batches) == len(delays)
 
 
+@pytest.mark.realclock
 async def test_preferred_sizes_on_a_loaded_real_clock(cpu_hog: object) -> None:
     """Real clock, CPU hog: everything completes; batches are preferred sizes or stragglers."""
     batches: list[tuple[str, int]] = []

@@ -71,6 +71,7 @@ async def test_next_batch_reaches_fn_before_callers_resume() -> None:
     await _next_batch_before_callers(0.1)
 
 
+@pytest.mark.realclock
 async def test_next_batch_reaches_fn_before_callers_resume_real_clock(cpu_hog: Any) -> None:
     """The same hand-over order on a real loop under a CPU hog."""
     await _next_batch_before_callers(0.05)
@@ -95,6 +96,7 @@ async def test_no_task_spawned_per_batch() -> None:
     await _one_task_for_every_batch(0.01)
 
 
+@pytest.mark.realclock
 async def test_no_task_spawned_per_batch_real_clock(cpu_hog: Any) -> None:
     """The same slot task runs every batch on a real loop under a CPU hog."""
     await _one_task_for_every_batch(0.005)
@@ -129,6 +131,7 @@ async def test_formed_batch_whose_callers_left_never_reaches_fn() -> None:
     await _formed_batch_withdrawn(1.0)
 
 
+@pytest.mark.realclock
 async def test_formed_batch_whose_callers_left_never_reaches_fn_real_clock(cpu_hog: Any) -> None:
     """The same withdrawal on a real loop under a CPU hog."""
     await _formed_batch_withdrawn(0.4)
@@ -190,6 +193,7 @@ async def test_configure_adds_and_removes_slots() -> None:
     await _grow_and_shrink(1.0)
 
 
+@pytest.mark.realclock
 async def test_configure_adds_and_removes_slots_real_clock(cpu_hog: Any) -> None:
     """Slots added and removed on a real loop under a CPU hog."""
     await _grow_and_shrink(0.2)

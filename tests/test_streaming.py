@@ -319,6 +319,7 @@ async def test_stream_needs_a_streaming_fn_and_many_refuses_one() -> None:
             scope.map([1])
 
 
+@pytest.mark.realclock
 async def test_many_streams_complete_on_the_real_clock(cpu_hog: Any) -> None:
     """Under a CPU hog, every caller gets its own outputs, in order."""
     fn = Counted(step_time=0.002)

@@ -79,6 +79,7 @@ def test_capture_context_must_be_a_bool() -> None:
         bs.BatchScope(FakeBatchFunction[int, int](), capture_context="yes")  # type: ignore[call-overload]
 
 
+@pytest.mark.realclock
 async def test_contexts_stay_with_their_rows_under_load(cpu_hog: Any) -> None:
     """On the real clock with a CPU hog, every caller gets its own context back."""
     fake, fn = _row_contexts(delay=0.002)

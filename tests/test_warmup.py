@@ -176,6 +176,7 @@ def test_blocking_scope_reports_ready() -> None:
     assert calls[0] == [3, 3]
 
 
+@pytest.mark.realclock
 async def test_warmup_on_a_loaded_real_clock(cpu_hog: object) -> None:
     """Real clock, CPU hog: a sync fn warms up in its thread, then serves every caller."""
     calls: list[int] = []

@@ -176,9 +176,11 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             around it) is refused at once with :class:`DeadlineUnmeetableError` (its
             ``retry_after`` says when to try again) when the backlog ahead of it and the
             fitted model of batch run time say it cannot finish in time, instead of
-            queueing work that would be thrown away. An idle scope (nothing queued or
-            running) admits every caller: the run times that could refuse it are
-            corrected only by a new batch.
+            queueing work that would be thrown away. The predicted finish must leave
+            a fifth of the caller's time to spare (and how late timers fire), so the
+            callers it admits under sustained overload still finish in time. An idle
+            scope (nothing queued or running) admits every caller: the run times that
+            could refuse it are corrected only by a new batch.
         batch_size_ceiling: With ``max_batch_size="auto"``, the largest batch it may
             choose.
         oom_errors: Exception classes meaning "out of memory" (``MemoryError``,
