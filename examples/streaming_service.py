@@ -29,7 +29,7 @@ import argparse
 import hashlib
 import math
 import socket
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -42,6 +42,7 @@ from fastapi import FastAPI, Query, Request
 from starlette.responses import StreamingResponse
 
 import batchscope as bs
+import batchscope.asgi as bs_asgi
 
 #: The words the simulated generator picks its tokens from.
 VOCABULARY = (
@@ -156,16 +157,13 @@ def create_app(generator: TokenGenerator | None = None, *, max_active: int = 32)
     """
     model = generator if generator is not None else TokenGenerator()
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncGenerator[dict[str, Any], None]:
-        # A fresh scope per start (tests start one app more than once); leaving the block
-        # closes it and drains: rows still running end normally.
-        scope = bs.ContinuousScope(model, max_active=max_active)
-        app.state.scope = scope
-        async with scope:
-            yield {"scope": scope}
+    def open_scope() -> bs.ContinuousScope[Prompt, str]:
+        # A fresh scope per start (tests start one app more than once); the lifespan
+        # closes it at shutdown and drains: rows still running end normally.
+        app.state.scope = bs.ContinuousScope(model, max_active=max_active)
+        return app.state.scope
 
-    app = FastAPI(title="batchscope token streaming", lifespan=lifespan)
+    app = FastAPI(title="batchscope token streaming", lifespan=bs_asgi.lifespan(scope=open_scope))
     app.state.generator = model
 
     @app.get("/generate")

@@ -82,3 +82,26 @@ async def test_lifespan_opens_and_drains_scopes() -> None:
     assert fake.items == [1, 2]
     with pytest.raises(bs.ScopeClosedError):
         await scope.submit(3)
+
+
+async def test_lifespan_opens_and_drains_continuous_scopes() -> None:
+    """A ContinuousScope (or a callable building one) opens and drains with the lifespan."""
+    steps: list[list[int]] = []
+
+    async def count_down(rows: list[bs.Row[int]]) -> list[int | bs.End]:
+        steps.append([row.item for row in rows])
+        out: list[int | bs.End] = []
+        for row in rows:
+            row.state = (row.item if row.new else row.state) - 1
+            out.append(bs.END if row.state < 0 else row.state)
+        return out
+
+    scope = bs.ContinuousScope(count_down, max_active=4)
+    run = bs_asgi.lifespan(plain=scope, built=lambda: bs.ContinuousScope(count_down))
+    async with run(None) as state:
+        assert state["plain"] is scope
+        assert await state["plain"].submit(2) == [1, 0]
+        assert await state["built"].submit(1) == [0]
+    assert steps
+    with pytest.raises(bs.ScopeClosedError):
+        await scope.submit(3)

@@ -37,6 +37,7 @@ except ImportError as _error:  # pragma: no cover - exercised without starlette
         "batchscope.asgi needs Starlette; install the 'asgi' extra: pip install 'batchscope[asgi]'"
     ) from _error
 
+from ._continuous import ContinuousScope
 from ._decorator import BatchedFunction
 from ._exceptions import (
     CircuitOpenError,
@@ -48,10 +49,13 @@ from ._scope import BatchScope
 
 __all__ = ["add_exception_handlers", "error_response", "exception_handlers", "lifespan"]
 
-#: What :func:`lifespan` opens: a scope, a ``@bs.batch`` function (its ``serving()``),
-#: or a callable that builds a scope when the application starts.
+#: What :func:`lifespan` opens: a scope (batched or continuous), a ``@bs.batch`` function
+#: (its ``serving()``), or a callable that builds a scope when the application starts.
 Servable = Union[  # noqa: UP007 - a runtime alias, Python 3.10
-    BatchScope[Any, Any], BatchedFunction[Any, Any], Callable[[], BatchScope[Any, Any]]
+    BatchScope[Any, Any],
+    ContinuousScope[Any, Any],
+    BatchedFunction[Any, Any],
+    Callable[[], Union[BatchScope[Any, Any], ContinuousScope[Any, Any]]],  # noqa: UP007
 ]
 
 
@@ -63,11 +67,11 @@ def lifespan(
     *scopes* when the application starts and drains them when it shuts down.
 
     Each keyword names a scope in the request state: ``lifespan(embed=scope)`` makes the
-    open scope ``request.state.embed``. A value may be a :class:`~batchscope.BatchScope`,
-    a ``@bs.batch`` function (its :meth:`~batchscope.BatchedFunction.serving` is
-    entered; ``request.state.name`` is the function), or a callable with no arguments
-    that builds a scope (so that one application object can be started more than once,
-    as tests do).
+    open scope ``request.state.embed``. A value may be a :class:`~batchscope.BatchScope`
+    or a :class:`~batchscope.ContinuousScope`, a ``@bs.batch`` function (its
+    :meth:`~batchscope.BatchedFunction.serving` is entered; ``request.state.name`` is
+    the function), or a callable with no arguments that builds a scope (so that one
+    application object can be started more than once, as tests do).
 
     Scopes open in the order given and close in reverse. At shutdown the server stops
     taking requests first; then each scope closes, its queued items still run, and the
@@ -92,7 +96,9 @@ def lifespan(
                     await stack.enter_async_context(servable.serving())
                     state[name] = servable
                     continue
-                scope = servable if isinstance(servable, BatchScope) else servable()
+                scope = (
+                    servable if isinstance(servable, (BatchScope, ContinuousScope)) else servable()
+                )
                 state[name] = await stack.enter_async_context(scope)
             yield state
 
