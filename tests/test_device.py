@@ -24,10 +24,16 @@ class Tracker:
         self.most = 0
         #: (scope name, batch size) in the order the batches started.
         self.order: list[tuple[str, int]] = []
+        #: When each batch started, in the same order.
+        self.starts: list[float] = []
+        #: Every item each scope's batches saw.
+        self.items: dict[str, list[int]] = {}
 
     def fn(self, name: str, delay: float, per_item: float = 0.0) -> Any:
         async def run(items: list[int]) -> list[int]:
             self.order.append((name, len(items)))
+            self.starts.append(anyio.current_time())
+            self.items.setdefault(name, []).extend(items)
             self.running += 1
             self.most = max(self.most, self.running)
             try:
@@ -332,6 +338,135 @@ def test_device_options_are_checked() -> None:
         bs.Device(aging=0)
 
 
+class LightBesideHeavy:
+    """
+    A heavy scope (batches of 4 running 0.25 s, backlogged from 0 s when *heavy* is set)
+    and a light one (``max_wait=0.125``, batches of 0.05 s) on one device. Light items
+    come at 0.2, 0.21 and 0.22 s: due at 0.325 s, while the second heavy batch, granted
+    at 0.25 s, would run to 0.5 s.
+    """
+
+    def __init__(self, *, weight: float = 1.0) -> None:
+        self.tracker = Tracker()
+        self.device = bs.Device()
+        self.heavy = bs.BatchScope(
+            self.tracker.fn("heavy", 0.25), max_batch_size=4, device=self.device
+        )
+        self.light = bs.BatchScope(
+            self.tracker.fn("light", 0.05), max_wait=0.125, device=self.device, weight=weight
+        )
+        #: Each light caller's latency, by item.
+        self.latency: dict[int, float] = {}
+        #: When the run began (the times above count from it).
+        self.began = 0.0
+
+    async def _one(self, item: int) -> None:
+        start = anyio.current_time()
+        assert await self.light.submit(item) == item
+        self.latency[item] = anyio.current_time() - start
+
+    async def run(self, *, heavy: bool, leaves: int | None = None) -> None:
+        """Run it; the caller of item *leaves* gives up at 0.24 s, before the grant."""
+        self.began = anyio.current_time()
+        async with self.heavy, self.light, anyio.create_task_group() as tg:
+            if heavy:
+                tg.start_soon(_flood, self.heavy, 16)
+            await anyio.sleep(0.2)
+            async with anyio.create_task_group() as callers:
+                for item in (1, 2, 3):
+                    if item == leaves:
+                        callers.start_soon(self._leave_at, 0.24, item)
+                    else:
+                        callers.start_soon(self._one, item)
+                    await anyio.sleep(0.01)
+
+    async def _leave_at(self, at: float, item: int) -> None:
+        # Cancelled from outside: a caller with no deadline (a deadline would release
+        # the batch by itself).
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.light.submit, item)
+            await anyio.sleep(self.began + at - anyio.current_time())
+            tg.cancel_scope.cancel()
+
+
+@virtual
+async def test_light_batch_due_during_a_heavy_batch_goes_before_it() -> None:
+    """A light batch that would come due while the granted heavy batch runs goes first."""
+    alone = LightBesideHeavy()
+    await alone.run(heavy=False)
+    assert alone.latency == pytest.approx({1: 0.175, 2: 0.165, 3: 0.155})
+    shared = LightBesideHeavy()
+    await shared.run(heavy=True)
+    # At 0.25 s the slot frees: the light batch goes then, the heavy one after it.
+    tracker = shared.tracker
+    assert tracker.order[:4] == [("heavy", 4), ("light", 3), ("heavy", 4), ("heavy", 4)]
+    starts = [at - shared.began for at in tracker.starts[:4]]
+    assert starts == pytest.approx([0.0, 0.25, 0.3, 0.55])
+    assert shared.latency == pytest.approx({1: 0.1, 2: 0.09, 3: 0.08})
+    assert all(shared.latency[item] <= alone.latency[item] for item in (1, 2, 3))
+    stats = shared.light.statistics()
+    assert stats.release_reasons["early"] == 1 and stats.release_reasons["timer"] == 0
+    assert stats.batches == 1 and stats.completed == 3
+    assert shared.heavy.statistics().completed == 16
+
+
+@virtual
+async def test_early_batch_carries_the_pending_items() -> None:
+    """The batch pulled forward holds every pending item and counts as the scope's load."""
+    shared = LightBesideHeavy()
+    await shared.run(heavy=True)
+    assert sorted(shared.tracker.items["light"]) == [1, 2, 3]
+    light = shared.device.statistics().scopes[1]
+    assert (light.batches, light.load) == (1, 3)
+    assert light.wait_seconds == 0.0  # it never waited for a slot
+
+
+@virtual
+async def test_early_batch_leaves_out_a_caller_that_left() -> None:
+    """A light caller that left before the batch was pulled forward never reaches fn."""
+    shared = LightBesideHeavy()
+    await shared.run(heavy=True, leaves=2)
+    assert shared.tracker.items["light"] == [1, 3]
+    assert shared.tracker.order[1] == ("light", 2)
+    stats = shared.light.statistics()
+    assert (stats.submitted, stats.completed, stats.cancelled) == (3, 2, 1)
+    assert stats.release_reasons["early"] == 1 and stats.batch_size_histogram == ((2, 1),)
+
+
+@virtual
+async def test_scope_declining_its_slot_is_not_pulled_forward_into_it() -> None:
+    """A scope that hands its slot back (its deadline caller left) does not leave it idle."""
+    tracker = Tracker()
+    device = bs.Device()
+    heavy = bs.BatchScope(tracker.fn("heavy", 0.25), max_batch_size=4, device=device)
+    light = bs.BatchScope(tracker.fn("light", 0.05), max_wait=0.125, device=device)
+    async with heavy, light, anyio.create_task_group() as tg:
+        tg.start_soon(_flood, heavy, 16)
+        await anyio.sleep(0.2)
+        tg.start_soon(light.submit, 1)
+        with anyio.move_on_after(0.04):
+            await light.submit(2)  # its deadline (0.24 s) has the light scope ask at once
+    # Chosen at 0.25 s with its deadline caller gone, the light scope declines; the heavy
+    # batch takes the slot then, not at the light timer (0.325 s).
+    assert tracker.order[:3] == [("heavy", 4), ("heavy", 4), ("light", 1)]
+    assert tracker.starts[1] - tracker.starts[0] == pytest.approx(0.25)
+    assert tracker.items["light"] == [1]
+    assert light.statistics().completed == 1 and light.statistics().cancelled == 1
+    assert device.statistics().in_use == 0
+
+
+@virtual
+async def test_scope_without_the_credit_is_not_pulled_forward() -> None:
+    """Weight 0.1: a turn's credit (0.4) does not cover a batch: it waits its turn."""
+    shared = LightBesideHeavy(weight=0.1)
+    await shared.run(heavy=True)
+    # Due at 0.325 s, it waits in the ring: for the heavy batch of 0.25-0.5 s, and for
+    # as many heavy turns as its credit takes to cover its batch.
+    assert shared.tracker.order[:2] == [("heavy", 4), ("heavy", 4)]
+    assert shared.light.statistics().release_reasons["early"] == 0
+    assert all(latency > 0.175 for latency in shared.latency.values())
+
+
 @pytest.mark.realclock
 async def test_shared_device_real_clock(cpu_hog: object) -> None:
     """On the real clock under load, two scopes on one device get every result, in turn."""
@@ -354,3 +489,41 @@ async def test_shared_device_real_clock(cpu_hog: object) -> None:
     assert stats.in_use == 0 and stats.waiting == 0
     assert sum(share.load for share in stats.scopes) == 400
     assert a.statistics().completed == b.statistics().completed == 200
+
+
+@pytest.mark.realclock
+async def test_early_light_batches_real_clock(cpu_hog: object) -> None:
+    """Real clock, under load: light batches go early beside a heavy backlog; all adds up."""
+    tracker = Tracker()
+    device = bs.Device()
+    heavy = bs.BatchScope(tracker.fn("heavy", 0.01), max_batch_size=8, device=device)
+    light = bs.BatchScope(
+        tracker.fn("light", 0.002), max_batch_size=8, max_wait=0.02, device=device
+    )
+    latencies: list[float] = []
+
+    async def one(item: int) -> None:
+        start = anyio.current_time()
+        assert await light.submit(item) == item
+        latencies.append(anyio.current_time() - start)
+
+    async with heavy, light, anyio.create_task_group() as tg:
+        tg.start_soon(_flood, heavy, 400)
+        await anyio.sleep(0.02)
+        async with anyio.create_task_group() as callers:
+            for item in range(40):
+                callers.start_soon(one, item)
+                await anyio.sleep(0.005)
+    assert sorted(tracker.items["light"]) == list(range(40))
+    assert sorted(tracker.items["heavy"]) == list(range(400))
+    assert tracker.most == 1
+    stats = light.statistics()
+    assert stats.submitted == stats.completed == 40
+    assert sum(stats.release_reasons.values()) == stats.batches
+    assert sum(size * count for size, count in stats.batch_size_histogram) == 40
+    assert stats.release_reasons["early"] >= 1
+    assert len(latencies) == 40 and max(latencies) < 1.0
+    shares = device.statistics()
+    assert shares.in_use == 0 and shares.waiting == 0
+    assert [share.load for share in shares.scopes] == [400, 40]
+    assert heavy.statistics().completed == 400

@@ -80,6 +80,7 @@ async def test_the_largest_preferred_size_caps_a_batch() -> None:
         "timer": 1,
         "deadline": 0,
         "drain": 0,
+        "early": 0,
     }
 
 

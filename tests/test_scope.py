@@ -311,5 +311,5 @@ async def test_statistics_of_a_fresh_scope() -> None:
     assert stats.batch_size_histogram == ()
     assert math.isnan(stats.latency_ms.p50)
     assert dict(stats.release_reasons) == dict.fromkeys(
-        ["size", "cost", "timer", "deadline", "drain"], 0
+        ["size", "cost", "timer", "deadline", "drain", "early"], 0
     )

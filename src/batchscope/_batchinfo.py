@@ -64,7 +64,8 @@ class BatchInfo:
 
     #: Rows in this call of fn.
     size: int
-    #: Why the batch left the queue: ``size``, ``cost``, ``timer``, ``deadline``, ``drain``.
+    #: Why the batch left the queue: ``size``, ``cost``, ``timer``, ``deadline``, ``drain``,
+    #: ``early``.
     reason: ReleaseReason
     #: Per row, whether its caller still waits for it: a live view, False once the caller
     #: left (cancelled, timed out). fn may skip work for rows nobody wants.

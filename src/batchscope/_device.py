@@ -28,6 +28,23 @@ The chosen scope's slot is held for it (it may not be the next to ask), and its
 scheduler is woken through its own channel (``Scheduler.wake``); if it no longer has a
 due batch (its callers left), it hands the slot back and the device chooses again.
 
+Lookahead: the device does not pre-empt, so a batch that comes due while another runs
+waits for the rest of it. When the device is about to grant a slot to a scope whose batch
+will run ``R`` seconds (that scope's fitted run time for the batch's load,
+``Scheduler.model``), it asks each scope that is not waiting when its pending batch
+comes due (``Scheduler.device_upcoming``): one due before ``now + R`` would wait for
+that whole batch anyway, so it goes first, early (the slot is held for it with
+:attr:`DeviceClient.early` set, and its scheduler releases what is pending now, release
+reason ``early``); the chosen scope keeps its turn and its credit and goes next, with no
+lookahead (one early batch per grant). Of several, the one due soonest goes. Never ahead
+of a scope served by aging. Bounds, so that early batches take no more than a scope's
+weighted share from backlogged ones: a scope outside the ring earns
+``quantum * weight / len(ring)`` of credit for early batches per turn the ring grants
+(what a place in the ring would give it), one turn's worth at most, and is pulled
+forward only while that covers the batch; the batch is charged to it and to the scope's
+round-robin credit (down to zero), and what it earned outside lapses when it joins the
+ring (turns credit it there).
+
 A device belongs to one event loop: every scope using it must run on the loop of the
 first one that opened (a scope on another loop raises ``RuntimeError`` when it opens).
 It is not thread-safe, like the rest of a scope.
@@ -97,15 +114,20 @@ class DeviceClient:
     """One scope's handle on its device (held by its engine)."""
 
     __slots__ = (
+        "ahead",
         "asked_at",
         "batches",
         "busy",
         "deficit",
         "device",
         "due",
+        "early",
         "held",
         "load",
+        "mark",
         "name",
+        "runtime",
+        "upcoming",
         "wait",
         "waited",
         "wake",
@@ -120,6 +142,8 @@ class DeviceClient:
         weight: float,
         wake: Callable[[], None],
         due: Callable[[], float],
+        upcoming: Callable[[], tuple[float, float]],
+        runtime: Callable[[float], float],
     ) -> None:
         self.device: Device = device
         self.name: str = name
@@ -128,6 +152,11 @@ class DeviceClient:
         self.wake: Callable[[], None] = wake
         #: The load of the scope's batch due now, or 0.0 (``Scheduler.device_due``).
         self.due: Callable[[], float] = due
+        #: When the scope's pending batch comes due and its load, or ``(inf, 0.0)``
+        #: (``Scheduler.device_upcoming``).
+        self.upcoming: Callable[[], tuple[float, float]] = upcoming
+        #: The scope's predicted run time of a batch of a load (its ``RunTimeModel``).
+        self.runtime: Callable[[float], float] = runtime
         #: Credit in cost units (deficit round robin).
         self.deficit: float = 0.0
         #: The load of the due batch it waits to run.
@@ -136,6 +165,13 @@ class DeviceClient:
         self.asked_at: float = math.inf
         #: A slot the device holds for it.
         self.held: bool = False
+        #: The held slot is for a batch pulled forward (lookahead): release what is
+        #: pending now, before its timer.
+        self.early: bool = False
+        #: Credit earned outside the ring, for batches pulled forward (lookahead).
+        self.ahead: float = 0.0
+        #: The device's ``rounds`` when this scope last earned credit outside the ring.
+        self.mark: float = device.rounds
         self.batches: int = 0
         self.load: float = 0.0
         self.busy: float = 0.0
@@ -158,6 +194,7 @@ class DeviceClient:
     def claim(self, load: float, now: float) -> None:
         """The scope dispatches a batch of *load*: take the slot (the one held for it)."""
         device = self.device
+        self.early = False
         if self.held:
             self.held = False
         else:
@@ -171,10 +208,13 @@ class DeviceClient:
 
     def decline(self) -> None:
         """Chosen, the scope has no due batch after all: hand the held slot back."""
+        self.early = False
         if self.held:
             self.held = False
             self.device.free += 1
-            self.device.choose()
+            # Not pulled forward in the same breath: its scheduler is running (it is the
+            # one declining), so a wake would not reach it and the slot would sit idle.
+            self.device.choose(skip=self)
 
     def release(self, seconds: float) -> None:
         """A batch that held a slot for *seconds* ended: free the slot, choose the next."""
@@ -189,13 +229,26 @@ class DeviceClient:
         device = self.device
         if self in device.ring:
             device.ring.remove(self)
+        if device.passed_over is self:
+            device.passed_over = None
         self.asked_at = math.inf
         self.due = _nothing_due
+        self.upcoming = _nothing_upcoming
         self.decline()
 
 
 def _nothing_due() -> float:
     """A closed scope has no batch due."""
+    return 0.0
+
+
+def _nothing_upcoming() -> tuple[float, float]:
+    """A closed scope has no batch pending."""
+    return math.inf, 0.0
+
+
+def _no_runtime(load: float) -> float:
+    """A scope that tells no run time: none to look ahead over."""
     return 0.0
 
 
@@ -211,7 +264,10 @@ class Device:
     items, or cost units with ``cost=``) is proportional to its weight. Inside each
     scope its own options (``max_batch_size``, ``policy``, deadlines...) still pick
     the batch. A scope that has waited *aging* seconds for a slot goes next, so none
-    starves. Scopes without ``device=`` are not affected.
+    starves. The device does not pre-empt, but it looks ahead: when it grants a slot, a
+    scope not waiting whose pending batch would come due while the granted batch runs
+    sends that batch first, early (release reason ``early``), within its weighted share.
+    Scopes without ``device=`` are not affected.
 
     A device belongs to one event loop: all its scopes must run on it (a scope opened
     on another loop or thread raises ``RuntimeError``). Each scope's own
@@ -245,6 +301,11 @@ class Device:
         self._token: object = None
         #: The scope whose turn it is (it keeps the turn while its credit lasts).
         self._turn: DeviceClient | None = None
+        #: The scope an early batch went ahead of: it goes next, with no lookahead.
+        self.passed_over: DeviceClient | None = None
+        #: Credit per unit of weight the ring has granted so far, each turn's
+        #: ``quantum / len(ring)``: what a scope outside the ring earns (lookahead).
+        self.rounds: float = 0.0
 
     def __repr__(self) -> str:
         return f"<Device slots={self._slots} free={self.free} waiting={len(self.ring)}>"
@@ -260,10 +321,14 @@ class Device:
         weight: float,
         wake: Callable[[], None],
         due: Callable[[], float] = _nothing_due,
+        upcoming: Callable[[], tuple[float, float]] = _nothing_upcoming,
+        runtime: Callable[[float], float] = _no_runtime,
     ) -> DeviceClient:
         """
         A scope opens on this device (on the current event loop); return its handle.
-        *wake* pokes its scheduler; *due* returns the load of its batch due now, or 0.0.
+        *wake* pokes its scheduler; *due* returns the load of its batch due now, or 0.0;
+        *upcoming* when its pending batch comes due and its load, or ``(inf, 0.0)``;
+        *runtime* its predicted run time of a batch of a given load.
         """
         token = anyio.lowlevel.current_token()
         if self._token is None:
@@ -273,7 +338,7 @@ class Device:
                 f"{self!r} is used by scopes on another event loop; a device is shared only "
                 f"by scopes on one event loop (one thread)"
             )
-        client = DeviceClient(self, name, weight, wake, due)
+        client = DeviceClient(self, name, weight, wake, due, upcoming, runtime)
         self._clients.append(client)
         return client
 
@@ -284,8 +349,10 @@ class Device:
         if client.asked_at == math.inf:
             client.asked_at = now
         if client not in self.ring:
-            # Credit left from a turn is kept, up to one turn's worth (no bursts).
+            # Credit left from a turn is kept, up to one turn's worth (no bursts); in the
+            # ring, turns credit it (what it earned outside, for early batches, lapses).
             client.deficit = min(client.deficit, self.quantum * client.weight)
+            client.ahead = 0.0
             if client is self._turn:
                 self.ring.appendleft(client)  # its turn goes on
             else:
@@ -304,18 +371,76 @@ class Device:
             if load:
                 self.enqueue(client, load, now, choose=False)
 
-    def choose(self) -> None:
-        """Hold free slots for the waiting scopes whose turn it is, and wake them."""
+    def choose(self, skip: DeviceClient | None = None) -> None:
+        """
+        Hold free slots for the waiting scopes whose turn it is, and wake them; *skip* (a
+        scope handing its slot back) is not pulled forward.
+        """
         ring = self.ring
         while self.free > 0 and ring:
             now = anyio.current_time()
             chosen = self._aged(now)
             if chosen is None:
                 chosen = self._next_by_credit()
+                # A scope passed over once goes next: one early batch per grant at most.
+                if chosen is not self.passed_over:
+                    early = self._lookahead(chosen, now, skip)
+                    if early is not None:
+                        # The chosen scope keeps its place, its turn and its credit.
+                        chosen.deficit += chosen.want
+                        self.passed_over = chosen
+                        early.early = True
+                        self._grant(early)
+                        continue
             ring.remove(chosen)
-            self.free -= 1
-            chosen.held = True
-            chosen.wake()
+            if chosen is self.passed_over:
+                self.passed_over = None
+            self._grant(chosen)
+
+    def _grant(self, client: DeviceClient) -> None:
+        """Hold a free slot for *client* and wake it."""
+        self.free -= 1
+        client.held = True
+        client.mark = self.rounds
+        client.wake()
+
+    def _lookahead(
+        self, chosen: DeviceClient, now: float, skip: DeviceClient | None
+    ) -> DeviceClient | None:
+        """
+        A scope not waiting whose pending batch comes due while *chosen*'s batch would
+        run, and whose credit covers it (the one due soonest), charged for it; or None.
+        """
+        ring = self.ring
+        horizon = now + chosen.runtime(chosen.want)
+        if horizon <= now:
+            return None
+        rounds = self.rounds
+        early: DeviceClient | None = None
+        early_load = 0.0
+        for client in self._clients:
+            if client.held or client is skip or client in ring:
+                continue
+            due, load = client.upcoming()
+            if not load:
+                client.mark = rounds  # nothing pending: no credit for idle time
+                continue
+            # Credit earned outside the ring since it was last counted, one turn at most.
+            most = self.quantum * client.weight
+            client.ahead = min(client.ahead + (rounds - client.mark) * client.weight, most)
+            client.mark = rounds
+            if now < due < horizon and client.ahead >= load:
+                horizon = due
+                early = client
+                early_load = load
+        if early is not None:
+            # Charged to the credit earned outside the ring, and to the round-robin credit
+            # it would bring into the ring (not below zero: a scope served early does not
+            # then wait a turn in debt once it does join the ring).
+            early.ahead -= early_load
+            early.deficit = max(early.deficit - early_load, 0.0)
+            early.want = early_load
+        return early
 
     def _aged(self, now: float) -> DeviceClient | None:
         """The scope that has waited longest, if that is *aging* or more."""
@@ -336,6 +461,7 @@ class Device:
                 ring.rotate(-1)  # its credit is spent: the turn passes on
             turn = self._turn = ring[0]
             turn.deficit += self.quantum * turn.weight
+            self.rounds += self.quantum / len(ring)
 
     def statistics(self) -> DeviceStatistics:
         """

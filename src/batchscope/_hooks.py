@@ -44,8 +44,9 @@ logger = logging.getLogger("batchscope")
 #: Why a batch left the queue: ``size`` (``max_batch_size`` items were pending), ``cost``
 #: (the cost budget was reached), ``timer`` (its oldest item waited ``max_wait``),
 #: ``deadline`` (a caller's deadline could not wait longer), ``drain`` (the scope is
-#: closing).
-ReleaseReason = Literal["size", "cost", "timer", "deadline", "drain"]
+#: closing), ``early`` (a shared device pulled it forward: it would have come due while
+#: another scope's batch ran, and waited for that batch anyway; added in 0.2.0).
+ReleaseReason = Literal["size", "cost", "timer", "deadline", "drain", "early"]
 
 #: Why a submit was refused before its item was queued: ``queue_full``
 #: (``on_full="reject"``), ``closed`` (the scope is closed or closing), ``too_large``
@@ -79,7 +80,7 @@ class BatchStarted:
     size: int
     #: Its cost as the scope counts it (padded or summed), or its size without ``cost``.
     cost: float
-    #: Why it left: ``size``, ``cost``, ``timer``, ``deadline`` or ``drain``.
+    #: Why it left: ``size``, ``cost``, ``timer``, ``deadline``, ``drain`` or ``early``.
     reason: ReleaseReason
     #: Seconds each item waited in the queue.
     queue_waits: tuple[float, ...]

@@ -45,7 +45,8 @@ __all__ = [
     "Release",
 ]
 
-#: Why a batch left the pool: ``size``, ``cost``, ``timer``, ``deadline`` or ``drain``.
+#: Why a batch left the pool: ``size``, ``cost``, ``timer``, ``deadline``, ``drain`` or
+#: ``early``.
 Release = ReleaseReason
 
 #: The share of a caller's time (from its item's arrival to its deadline) that a partial
@@ -81,6 +82,9 @@ class Limits:
     #: ``preferred_batch_sizes``, sorted (empty: none): a timer release is cut to the
     #: largest of them not above what is pending (see :meth:`PoolBase._cut`).
     preferred: tuple[int, ...] = ()
+    #: A shared device pulled the next batch forward (lookahead): what is pending goes
+    #: now, before its timer or deadline release, with the reason ``early``.
+    early: bool = False
 
 
 class Budget:
@@ -246,7 +250,7 @@ class PoolBase:
         return deadline - limits.lead - DEADLINE_SHARE * max(0.0, deadline - arrival)
 
     def _timer_reason(self, now: float, limits: Limits, draining: bool) -> Release | None:
-        """Why a partial batch is due now (drain, timer, deadline), or None."""
+        """Why a partial batch is due now (drain, timer, deadline, early), or None."""
         if draining:
             return "drain"
         oldest = self.oldest()
@@ -256,6 +260,8 @@ class PoolBase:
             return "timer"
         if now >= self._deadline_due(limits):
             return "deadline"
+        if limits.early:
+            return "early"
         return None
 
     def _cut(self, reason: Release, now: float, limits: Limits, pending: int) -> Limits:

@@ -46,6 +46,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
+import attrs
 from anyio import EndOfStream, WouldBlock
 
 from ._items import EXPIRED, QUEUED, WITHDRAWN, Item
@@ -308,14 +309,15 @@ class Scheduler(Generic[In, Out]):
         pool = self.pool
         if not pool.live:
             return 0.0
-        size = min(pool.live, limits.max_batch_size)
-        cost = self._engine.config.cost is not None
-        full = pool.live >= limits.max_batch_size or (
-            limits.max_batch_cost is not None and pool.pending_cost >= limits.max_batch_cost
-        )
-        if not (draining or full or pool.due_at(limits) <= now):
+        if not (draining or self._full(limits) or pool.due_at(limits) <= now):
             return 0.0
-        if not cost:
+        return self._pending_load(limits)
+
+    def _pending_load(self, limits: Limits) -> float:
+        """The load of the batch the pool would release next (its pending items, capped)."""
+        pool = self.pool
+        size = min(pool.live, limits.max_batch_size)
+        if self._engine.config.cost is None:
             return float(size)
         load = size * pool.pending_cost / pool.live
         if limits.max_batch_cost is not None:
@@ -335,19 +337,38 @@ class Scheduler(Generic[In, Out]):
         or 0.0: asked by the device when a slot frees, so a batch whose timer fires in that
         instant (before this scheduler has run to ask) is not passed over.
         """
+        if not self._could_run():
+            return 0.0
+        return self._next_load(self._limits(), self._engine.clock(), False)
+
+    def device_upcoming(self) -> tuple[float, float]:
+        """
+        When the batch pending in this scope comes due (its timer or a caller's
+        deadline; now, if it is due or full) and its load; ``(inf, 0.0)`` when none is
+        pending or the scope could not run one now. Asked by the device when it grants a
+        slot, to pull forward a batch that would come due while the granted one runs
+        (lookahead, see ``_device``).
+        """
+        if not self._could_run():
+            return math.inf, 0.0
+        limits = self._limits()
+        now = self._engine.clock()
+        due = now if self._full(limits) else self.pool.due_at(limits)
+        return due, self._pending_load(limits)
+
+    def _could_run(self) -> bool:
+        """Whether the scope has items pending and could dispatch a batch of them now."""
         engine = self._engine
         limit = engine.config.max_concurrent_batches
         if engine.breaker is not None and engine.breaker.half_open:
             limit = 1
-        if (
+        return not (
             not self.pool.live
             or engine.recorder.in_flight >= limit
             or engine.failure is not None
             or engine.task_group.cancel_scope.cancel_called
             or self._held()
-        ):
-            return 0.0
-        return self._next_load(self._limits(), engine.clock(), False)
+        )
 
     def device_slot_freed(self, seconds: float) -> None:
         """
@@ -458,7 +479,12 @@ class Scheduler(Generic[In, Out]):
                             continue
                         if limits is None:
                             break
-                        taken = self._take(now, limits, draining)
+                        if device is not None and device.early:
+                            # The device pulled this scope's pending batch forward: it
+                            # would come due while another scope's batch runs (lookahead).
+                            taken = self._take(now, attrs.evolve(limits, early=True), draining)
+                        else:
+                            taken = self._take(now, limits, draining)
                         if taken is None:
                             break
                         slots.hand(self._form(taken[0], taken[1], now))

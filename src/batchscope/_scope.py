@@ -465,6 +465,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
                 engine.config.weight,
                 lambda: engine.scheduler.wake(),
                 lambda: engine.scheduler.device_due(),
+                lambda: engine.scheduler.device_upcoming(),
+                lambda load: engine.scheduler.model.predict(load),
             )
         calls = loop_calls()
         engine.clock, engine.deadline = calls.clock, calls.deadline

@@ -177,7 +177,8 @@ class BatchStatistics:
     mean_batch_size: float
     #: ``(size, count)`` pairs, by size: how many batches had each size.
     batch_size_histogram: tuple[tuple[int, int], ...]
-    #: Batches released per reason: ``size``, ``cost``, ``timer``, ``deadline``, ``drain``.
+    #: Batches released per reason: ``size``, ``cost``, ``timer``, ``deadline``, ``drain``,
+    #: ``early``.
     release_reasons: Mapping[ReleaseReason, int] = attrs.field(hash=False)
     #: Time from submit to dispatch, over recent items.
     queue_wait_ms: Percentiles
