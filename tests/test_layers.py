@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "_pending": 2,
     "_bucketing": 2,
     "_partitions": 2,
+    "_runtime": 2,
     # the engine: shared state, scheduler, executor, cache front, map
     "_engine": 3,
     "_admission": 3,

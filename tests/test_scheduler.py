@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 import batchscope as bs
-from batchscope._scheduler import RunTimeModel
+from batchscope._runtime import RunTimeModel
 from batchscope.testing import FakeBatchFunction
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]

@@ -12,7 +12,7 @@ lower ones (``tests/test_layers.py`` holds them to it):
 2. items: the per-item record and its states (``_items``), how a caller parks
    (``_completion``, ``_trio``, ``_asyncio``);
 3. pools and policies: FIFO and priority (``_pending``), length buckets (``_bucketing``),
-   one pool per partition key (``_partitions``);
+   one pool per partition key (``_partitions``), the fitted batch run time (``_runtime``);
 4. the engine: the state the parts share and the admission protocol (``_engine``), the
    scheduler, the executor, the cache front, ``submit_many``/``map``, streaming
    batch functions (``_streaming``);

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._config import ScopeConfig
-    from ._scheduler import RunTimeModel
+    from ._runtime import RunTimeModel
     from ._statistics import Recorder
 
 __all__ = ["GROW_AFTER", "BatchSizer"]
