@@ -369,6 +369,33 @@ async def test_full_queue_rejects() -> None:
 
 
 @pytest.mark.virtual_time
+async def test_full_queue_says_when_to_retry() -> None:
+    """QueueFullError.retry_after is how long recent items waited to join (0 before any)."""
+    gen = Generator()
+    async with (
+        bs.ContinuousScope(gen, max_active=1, max_queue_size=1, on_full="reject") as scope,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(scope.submit, 2)  # joins at once; 3 steps (two outputs, then END)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(scope.submit, 1)  # queued: joins when the first row leaves, at 3 s
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(bs.QueueFullError) as first:
+            await scope.submit(9)
+        assert first.value.retry_after == 0.0  # nobody has joined from the queue yet
+        await anyio.sleep(3.5)  # the second row joined after waiting 3 s
+        tg.start_soon(scope.submit, 1)  # queued again behind it
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(bs.QueueFullError, match=r"retry after \d\.\d{3} s") as second:
+            await scope.submit(9)
+        # 3 s on Trio's clock; looptime's wait_all_tasks_blocked() polls, moving its clock 0.1 s.
+        assert second.value.retry_after == pytest.approx(3.0, abs=0.15)
+    stats = scope.statistics()
+    assert (stats.rejected, stats.completed) == (2, 3)
+    check_invariant(stats)
+
+
+@pytest.mark.virtual_time
 async def test_cost_budget_bounds_active_rows() -> None:
     """max_active_cost bounds the active rows' total cost; the next in line waits for room."""
     gen = Generator()

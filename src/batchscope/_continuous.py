@@ -85,7 +85,8 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
         aging: Seconds of waiting worth one priority step (``policy="priority"``).
         max_queue_size: Bound on items waiting to join.
         on_full: ``"wait"``: a submit waits for room in the queue; ``"reject"``: it
-            raises :class:`QueueFullError` at once.
+            raises :class:`QueueFullError` at once (its ``retry_after``: how long
+            recent items waited to join).
         max_buffered: Outputs one row may hold that its caller has not read.
         hooks: :class:`Hooks` (or a list of them) that receive the scope's events:
             ``continuous_opened``/``continuous_closed``, ``step_started``/``step_finished``

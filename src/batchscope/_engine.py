@@ -53,7 +53,7 @@ from ._items import (
     WaitedItem,
 )
 from ._resilience import BreakerState, TokenBucket
-from ._room import Room
+from ._room import Room, wait_counted
 from ._statistics import Recorder
 
 if TYPE_CHECKING:
@@ -285,17 +285,7 @@ class Engine(Generic[In, Out]):
                 f"{retry_after:.3f} s",
                 retry_after,
             )
-        recorder = self.recorder
-        recorder.admitting += 1  # counted, not yet queued
-        try:
-            await self.room.take()
-        except BaseException:
-            recorder.admitting -= 1
-            recorder.cancelled += 1
-            if self.hooks is not None:
-                self.hooks.call("item_cancelled", False)
-            raise
-        recorder.admitting -= 1
+        await wait_counted(self.room, self.recorder, self.hooks)
         if self.state is not ScopeState.OPEN:
             self.room.release()  # pass the wake-up on to the next waiter
             self.reject("closed")

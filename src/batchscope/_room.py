@@ -11,11 +11,39 @@ and a call per place, which the per-item path pays for on every item.
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Room"]
+if TYPE_CHECKING:
+    from ._hooks import HookRunner
+
+__all__ = ["AdmissionCounts", "Room", "wait_counted"]
+
+
+class AdmissionCounts(Protocol):
+    """The counters a wait for room moves (a scope's and a continuous scope's recorder)."""
+
+    admitting: int
+    cancelled: int
+
+
+async def wait_counted(room: Room, recorder: AdmissionCounts, hooks: HookRunner | None) -> None:
+    """
+    Wait for a place in *room*, counted as ``admitting`` meanwhile: a caller cancelled
+    while it waits counts as ``cancelled`` (and the hooks hear ``item_cancelled``).
+    """
+    recorder.admitting += 1  # counted, not yet queued
+    try:
+        await room.take()
+    except BaseException:
+        recorder.admitting -= 1
+        recorder.cancelled += 1
+        if hooks is not None:
+            hooks.call("item_cancelled", False)
+        raise
+    recorder.admitting -= 1
 
 
 class Room:

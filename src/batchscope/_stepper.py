@@ -24,6 +24,7 @@ caller left, a paused row was read, the scope closes), wakes it. It never polls.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Awaitable, Callable, MutableSequence, Sequence
@@ -44,7 +45,7 @@ from ._hooks import HookRunner, RejectReason, StepFinished, StepStarted
 from ._items import ABANDONED, EXPIRED, POOLED, QUEUED, RUNNING, WITHDRAWN, Item
 from ._markers import End
 from ._pending import Limits, Pool
-from ._room import Room
+from ._room import Room, wait_counted
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -57,6 +58,8 @@ Out = TypeVar("Out")
 #: A row state of continuous batching only: taken from the pool as next in line, it waits
 #: for room in the cost budget of the active rows (nothing overtakes it).
 HELD = 8
+#: Join waits a full queue's ``retry_after`` is the median of (the most recent ones).
+JOIN_ESTIMATE_SAMPLES = 16
 
 
 @final
@@ -222,27 +225,31 @@ class Stepper(Generic[In, Out]):
 
     async def _wait_for_room(self) -> None:
         """The queue is full: reject, or wait for room (``on_full``)."""
-        recorder = self.recorder
         if self.config.on_full == "reject":
             self._reject("queue_full")
+            retry_after = self._join_estimate()
             raise QueueFullError(
                 f"the queue of {self.describe()} holds max_queue_size="
-                f"{self.config.max_queue_size} waiting items"
+                f"{self.config.max_queue_size} waiting items: retry after "
+                f"{retry_after:.3f} s",
+                retry_after,
             )
-        recorder.admitting += 1
-        try:
-            await self.room.take()
-        except BaseException:
-            recorder.admitting -= 1
-            recorder.cancelled += 1
-            if self.hooks is not None:
-                self.hooks.call("item_cancelled", False)
-            raise
-        recorder.admitting -= 1
+        await wait_counted(self.room, self.recorder, self.hooks)
         if self.state is not ScopeState.OPEN:
             self.room.release()  # pass the wake-up on to the next waiter
             self._reject("closed")
             raise self.closed_error()
+
+    def _join_estimate(self) -> float:
+        """
+        A full queue's ``retry_after``: how long recent items waited to join (the median
+        of the last few join waits), 0.0 before any joined.
+        """
+        waits = self.recorder.join_waits
+        if not waits:
+            return 0.0
+        recent = sorted(itertools.islice(reversed(waits), JOIN_ESTIMATE_SAMPLES))
+        return recent[len(recent) // 2]
 
     def _reject(self, reason: RejectReason) -> None:
         """Count a refused submit and tell the hooks why."""
