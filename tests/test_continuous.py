@@ -324,6 +324,23 @@ async def test_base_exception_fails_every_caller_and_propagates() -> None:
     assert (stats.failed, stats.active, stats.pending) == (2, 0, 0)
 
 
+@pytest.mark.virtual_time
+async def test_base_exception_keeps_its_cause() -> None:
+    """A BaseException raised from another comes out of the scope with its cause."""
+
+    async def step(rows: list[bs.Row[int]]) -> list[Output]:
+        try:
+            raise LookupError("the root cause")
+        except LookupError as exc:
+            raise Crash from exc
+
+    with pytest.raises(Crash) as caught:
+        async with bs.ContinuousScope(step) as scope:
+            with pytest.raises(bs.ScopeClosedError):
+                await scope.submit(1)
+    assert isinstance(caught.value.__cause__, LookupError)
+
+
 # -- lifetime and admission ---------------------------------------------------------------
 
 

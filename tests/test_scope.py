@@ -126,6 +126,24 @@ async def test_body_cancelled_fails_waiting_callers() -> None:
     assert fake.cancelled_calls == 1
 
 
+async def test_base_exception_from_fn_keeps_its_cause() -> None:
+    """A BaseException that fn raised from another comes out of the scope with its cause."""
+
+    async def crash(items: list[int]) -> list[int]:
+        try:
+            raise LookupError("the root cause")
+        except LookupError as exc:
+            raise Boom("fn crashed") from exc
+
+    with pytest.raises(Boom, match="fn crashed") as caught:
+        async with bs.BatchScope(crash, max_wait=0) as scope:
+            with pytest.raises(bs.ScopeClosedError):
+                await scope.submit(1)
+            await anyio.sleep_forever()
+    assert isinstance(caught.value.__cause__, LookupError)
+    assert caught.value.__suppress_context__
+
+
 @pytest.mark.parametrize("sync", [False, True], ids=["async-fn", "sync-fn"])
 async def test_base_exception_from_fn_fails_everyone_and_propagates(sync: bool) -> None:
     """A BaseException from fn: every waiter gets ScopeClosedError caused by it; it propagates."""

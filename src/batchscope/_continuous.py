@@ -168,7 +168,9 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
             # The stepper failed (step raised a BaseException): one failure comes out
             # as itself, not wrapped in a group of one.
             if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
+                failure = group.exceptions[0]
+                # Its own cause kept; the group is not shown as its context.
+                raise failure from failure.__cause__
             raise
         finally:
             stepper.state = ScopeState.CLOSED

@@ -510,7 +510,9 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             # Our own tasks failed (fn raised a BaseException, or a bug in batchscope):
             # one failure comes out as itself, not wrapped in a group of one.
             if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
+                failure = group.exceptions[0]
+                # Its own cause kept; the group is not shown as its context.
+                raise failure from failure.__cause__
             raise
         finally:
             engine.state = ScopeState.CLOSED
