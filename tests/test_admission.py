@@ -252,7 +252,9 @@ async def test_slow_batches_never_lock_callers_out() -> None:
 
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(probe)
-            await anyio.lowlevel.checkpoint()
+            # Trio runs tasks in a random order: wait until the probe has been admitted.
+            while scope.statistics().submitted < 5:
+                await anyio.lowlevel.checkpoint()
             # While it waits to run, a caller that fits only if the probe is fast is
             # judged against the stale estimate and refused.
             with pytest.raises(bs.DeadlineUnmeetableError):

@@ -206,3 +206,21 @@ async def test_opentelemetry_exporter() -> None:
     (sizes,) = points["batchscope.batch.size"]
     assert sizes.sum == 5 and sizes.count == 1
     assert "batchscope.items.pending" in points
+
+
+def test_prometheus_hooks_register_in_each_new_registry() -> None:
+    """
+    A registry made where a dropped one lived gets instruments of its own (CPython reuses
+    the address of a collected registry within a few rounds; the cache was keyed by id).
+    """
+    prometheus_client = pytest.importorskip("prometheus_client")
+    import gc
+
+    from batchscope.metrics import PrometheusHooks
+
+    for _ in range(20):
+        registry = prometheus_client.CollectorRegistry()
+        PrometheusHooks(name="reused", registry=registry)
+        assert any(family.name == "batchscope_batches" for family in registry.collect())
+        del registry
+        gc.collect()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 
 from ._hooks import BatchFinished, BatchStarted, Hooks, RejectReason, StepFinished, StepStarted
@@ -123,15 +124,19 @@ class PrometheusHooks(Hooks):
     .. versionadded:: 0.1.0
     """
 
-    _instruments: dict[tuple[int, str], dict[str, Any]] = {}  # noqa: RUF012 - shared cache
+    #: Instruments per registry (held weakly: a registry dropped and another made at the
+    #: same address must not find the old one's instruments), then per namespace.
+    _instruments: ClassVar[weakref.WeakKeyDictionary[Any, dict[str, dict[str, Any]]]] = (
+        weakref.WeakKeyDictionary()
+    )
 
     def __init__(self, name: str = "default", registry: Any = None, namespace: str = "batchscope"):
         prometheus = _require("prometheus_client", "metrics")
         if registry is None:
             registry = prometheus.REGISTRY
         self.name = name
-        key = (id(registry), namespace)
-        instruments = self._instruments.get(key)
+        per_namespace = self._instruments.setdefault(registry, {})
+        instruments = per_namespace.get(namespace)
         if instruments is None:
             labels = ["scope"]
             instruments = {
@@ -258,7 +263,7 @@ class PrometheusHooks(Hooks):
                     registry=registry,
                 ),
             }
-            self._instruments[key] = instruments
+            per_namespace[namespace] = instruments
         self._metrics = instruments
         self._busy = _Busy()
         #: Open continuous scopes (an abandoned row is a dispatched cancellation there).
