@@ -131,6 +131,63 @@ def test_length_batches_hold_similar_costs() -> None:
     assert len({bucket_of(item.cost) for item in batch}) == 1
 
 
+def test_length_few_long_items_of_one_bucket_make_a_batch() -> None:
+    """
+    policy='length': a bucket whose few items weigh half a full batch of typical items goes
+    alone, ahead of a full count that spans more buckets (the old rule took the count).
+    """
+    pool = LengthPool()
+    # 32 short items spread over many buckets (10..41) and 8 long ones of one bucket:
+    # the mean cost is about 100, a full batch of it 3,200, and 8 * 400 is above half.
+    for i in range(32):
+        pool.add(make_item(i, cost=10 + i, arrival=i * 0.001))
+    for i in range(32, 40):
+        pool.add(make_item(i, cost=400, arrival=i * 0.001))
+    result = pool.take(0.05, limits(32, wait=1.0), draining=False)
+    assert result is not None
+    batch, reason = result
+    assert [item.value for item in batch] == list(range(32, 40))
+    assert reason == "cost"  # full by its work, not by its count
+    assert pool.live == 32
+
+
+def test_length_light_bucket_waits_for_a_full_count() -> None:
+    """policy='length': a few items that weigh less than half a full batch make none alone."""
+    pool = LengthPool()
+    for i in range(40):
+        pool.add(make_item(i, cost=50, arrival=i * 0.001))
+    for i in range(40, 43):
+        pool.add(make_item(i, cost=60, arrival=i * 0.001))
+    result = pool.take(0.05, limits(32, wait=1.0), draining=False)
+    assert result is not None
+    batch, reason = result
+    assert reason == "size"
+    assert len(batch) == 32 and {item.cost for item in batch} == {50}
+
+
+def test_length_overdue_long_item_takes_only_its_heavy_bucket() -> None:
+    """
+    policy='length': an overdue long item goes with the items of its own bucket when they
+    weigh enough, not with a full count reaching down to half its cost.
+    """
+    pool = LengthPool()
+    pool.add(make_item(0, cost=400, arrival=0.0))  # the oldest: overdue at t=2
+    for i in range(1, 8):
+        pool.add(make_item(i, cost=400 + i, arrival=0.5))
+    for i in range(8, 32):
+        pool.add(make_item(i, cost=200 + 8 * i, arrival=0.5))  # 264..448, wider buckets
+    for i in range(32, 92):
+        pool.add(make_item(i, cost=10, arrival=0.5))
+    result = pool.take(2.0, limits(32, wait=1.0), draining=False)
+    assert result is not None
+    batch, reason = result
+    assert reason == "timer"
+    costs = sorted(item.cost for item in batch)
+    assert batch[0].value == 0
+    assert bucket_of(costs[0]) == bucket_of(costs[-1]) == bucket_of(400)
+    assert len(batch) < 32
+
+
 @settings(max_examples=100, deadline=None)
 @given(costs=st.lists(st.integers(1, 512), min_size=2, max_size=200), size=st.integers(2, 32))
 def test_length_overdue_oldest_item_is_in_the_next_batch(costs: list[int], size: int) -> None:

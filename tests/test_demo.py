@@ -57,11 +57,13 @@ async def test_length_bucketing_beats_fifo_on_a_virtual_clock() -> None:
     assert unbatched.release_reasons == {}
 
     assert fifo.padding_efficiency < 0.35
-    assert length.padding_efficiency > 0.75
+    assert length.padding_efficiency > 0.9
     assert length.throughput > 1.8 * fifo.throughput
     assert fifo.throughput > 1.3 * unbatched.throughput
     assert length.p50_ms < fifo.p50_ms < unbatched.p50_ms
-    assert fifo.mean_batch_size > 28 and length.mean_batch_size > 20
+    # Length batches are smaller: a bucket of long items goes once it weighs half a full
+    # batch of typical ones, without reaching down for a full count.
+    assert fifo.mean_batch_size > 28 and length.mean_batch_size > 12
     for result in (unbatched, fifo, length):
         assert len(result.latencies) == config.requests
     assert sum(fifo.release_reasons.values()) == pytest.approx(

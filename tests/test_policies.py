@@ -51,12 +51,12 @@ async def padded_model_run(
 
 
 async def test_length_policy_pads_far_less_than_fifo() -> None:
-    """Lognormal lengths, sustained load: policy='length' pads >= 0.85 efficient, FIFO ~0.25."""
+    """Lognormal lengths, sustained load: policy='length' pads >= 0.93 efficient, FIFO ~0.25."""
     lengths = lognormal_lengths(4000)
     fifo = await padded_model_run("fifo", lengths)
     length = await padded_model_run("length", lengths)
     assert fifo.padding_efficiency < 0.35
-    assert length.padding_efficiency >= 0.85
+    assert length.padding_efficiency >= 0.93  # 0.90 before heavy buckets went alone
     assert length.completed == fifo.completed == len(lengths)
 
 

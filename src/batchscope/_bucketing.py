@@ -9,16 +9,23 @@ not enough, from its nearest neighbours, never more than a factor of two away.
 Which batch goes next, when an executor slot is free:
 
 1. the oldest item is *overdue* — it has waited ``max_wait`` and ``AGING_FACTOR`` times
-   the recent typical queue wait: the tightest window of buckets around it (this is the
-   aging: long items never starve behind a stream of short ones, yet under a steady
-   backlog, where every item waits about as long, packing is not given up);
+   the recent typical queue wait: the tightest window of buckets around it that fills a
+   batch (this is the aging: long items never starve behind a stream of short ones, yet
+   under a steady backlog, where every item waits about as long, packing is not given
+   up);
 2. enough items are pending for a full batch (by size or cost): the tightest window of
-   adjacent buckets that holds a full batch (the smallest cost ratio, so the least
-   padding);
+   adjacent buckets that fills a batch (the smallest cost ratio, so the least padding);
 3. the oldest item has waited ``max_wait`` (a partial batch) or a caller's deadline
-   demands it: the tightest window around that item.
+   demands it: the tightest window around that item that fills a batch.
 
-Windows never reach further than a factor of two from their anchor.
+A window *fills* a batch when it holds ``max_batch_size`` items, or when its items,
+counted at the least cost of its highest bucket, weigh ``FULL_LOAD_SHARE`` of a full
+batch (of ``max_batch_size`` items of the mean arriving cost, or of ``max_batch_cost``):
+a few long items of one bucket go together, with little padding, instead of a full
+count reaching down for items half as long. (Not with preferred batch sizes, whose
+shapes fn wants, nor with ``cost_mode="sum"``, where nothing is padded.) A window that
+fills none takes as many items as it can. Windows never reach further than a factor of
+two from their anchor.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any
 from ._items import POOLED, Item
 from ._pending import Limits, PoolBase, Release
 
-__all__ = ["AGING_FACTOR", "BUCKETS_PER_DOUBLING", "LengthPool", "bucket_of"]
+__all__ = ["AGING_FACTOR", "BUCKETS_PER_DOUBLING", "FULL_LOAD_SHARE", "LengthPool", "bucket_of"]
 
 #: Buckets per factor of two in cost: 8 makes each bucket about 9% wider than the last.
 BUCKETS_PER_DOUBLING = 8
@@ -43,6 +50,19 @@ SPAN = BUCKETS_PER_DOUBLING
 #: long items' p99 stays close to short ones' (the figures: docs/benchmarks.md,
 #: "Aging factor of the length policy").
 AGING_FACTOR = 3
+#: How many recent arrivals the mean arriving cost follows (see ``LengthPool._full_load``).
+COST_MEMORY = 256
+#: A run of buckets whose items weigh this share of a full batch of typical items (each
+#: counted at the least cost of the run's highest bucket) makes a batch, however few they
+#: are (see ``LengthPool._window``). Measured on the padding benchmark (scenario c,
+#: asyncio, 3 runs each): 1.07 padded/real tokens at 256 callers with 0.5, against 1.10
+#: with 0.75 and 1.11 with 1.0 (docs/benchmarks.md, "Padding and fairness").
+FULL_LOAD_SHARE = 0.5
+
+
+def _fills(count: int, needed: int, floor: float, load: float) -> bool:
+    """Whether *count* items of at least cost *floor* fill a batch (see ``_window``)."""
+    return count >= needed or 0.0 < load <= count * floor
 
 
 def bucket_of(cost: float) -> int:
@@ -59,10 +79,18 @@ class LengthPool(PoolBase):
         self._counts: dict[int, int] = {}
         #: Recent mean queue wait of batched items (an exponential moving average).
         self._typical_wait = 0.0
+        #: Mean cost of arriving items (a running mean over about the last
+        #: ``COST_MEMORY``): a batch of ``max_batch_size`` such items is a full batch's work.
+        self._mean_cost = 0.0
+        self._arrivals = 0
 
     def add(self, item: Item[Any, Any]) -> None:
         self._track(item)
-        index = bucket_of(item.cost)
+        cost = item.cost
+        if self._arrivals < COST_MEMORY:
+            self._arrivals += 1
+        self._mean_cost += (cost - self._mean_cost) / self._arrivals
+        index = bucket_of(cost)
         bucket = self._buckets.get(index)
         if bucket is None:
             bucket = self._buckets[index] = deque()
@@ -113,7 +141,7 @@ class LengthPool(PoolBase):
             anchor = bucket_of(oldest.cost)
             if reason == "deadline":
                 anchor = self._urgent_bucket(anchor)
-        low, high = self._window(anchor, limits.max_batch_size)
+        low, high = self._window(anchor, limits.max_batch_size, self._full_load(limits))
         if limits.preferred:
             counts = self._counts
             held = sum(counts.get(index, 0) for index in range(low, high + 1))
@@ -125,8 +153,8 @@ class LengthPool(PoolBase):
             return None
         waits = sum(now - item.arrival for item in batch) / len(batch)
         self._typical_wait += 0.05 * (waits - self._typical_wait)
-        if reason == "size" and by_cost:
-            reason = "cost"
+        if reason == "size" and (by_cost or len(batch) < limits.max_batch_size):
+            reason = "cost"  # full by its cost: the budget's, or a full batch's work
         return batch, reason
 
     def _urgent_bucket(self, default: int) -> int:
@@ -135,10 +163,27 @@ class LengthPool(PoolBase):
             return default
         return bucket_of(self._deadlines[0][2].cost)
 
-    def _window(self, anchor: int | None, needed: int) -> tuple[int, int]:
+    def _full_load(self, limits: Limits) -> float:
         """
-        The narrowest run of buckets holding *needed* live items (or all it can).
+        The padded work that makes a batch however few its items (see ``_window``):
+        FULL_LOAD_SHARE of ``max_batch_cost`` when set, else of ``max_batch_size`` items
+        of the mean arriving cost; none with preferred batch sizes (fn wants those shapes)
+        nor when batches are not padded (``cost_mode="sum"``: nothing to save).
+        """
+        if limits.preferred or not limits.padded:
+            return math.inf
+        if limits.max_batch_cost is not None:
+            return FULL_LOAD_SHARE * limits.max_batch_cost
+        return FULL_LOAD_SHARE * limits.max_batch_size * self._mean_cost
 
+    def _window(self, anchor: int | None, needed: int, load: float) -> tuple[int, int]:
+        """
+        The narrowest run of buckets that fills a batch (or holds all it can).
+
+        A run fills a batch when it holds *needed* live items, or when its items, counted
+        at the least cost of its highest bucket, already weigh *load* (``_full_load``):
+        a few long items of one bucket make a batch as heavy as a full one of typical
+        items, with far less padding than a full count reaching down for shorter ones.
         With an *anchor*, the run must contain it and stay within SPAN of it. Two
         pointers over the non-empty buckets: O(buckets), once per batch.
         """
@@ -148,24 +193,36 @@ class LengthPool(PoolBase):
         counts = self._counts
         best: tuple[int, int] | None = None
         best_count = 0
+        best_fills = False
         total = 0
         first = 0
         for high in indices:
             total += counts[high]
-            while total - counts[indices[first]] >= needed and (
-                anchor is None or indices[first] < anchor
+            # The least cost of an item in bucket ``high`` (the inverse of bucket_of).
+            floor = 2.0 ** (high / BUCKETS_PER_DOUBLING) - 1.0
+            while (anchor is None or indices[first] < anchor) and _fills(
+                total - counts[indices[first]], needed, floor, load
             ):
                 total -= counts[indices[first]]
                 first += 1
             low = indices[first]
             if anchor is not None and not low <= anchor <= high:
                 continue
-            if (
-                best is None
-                or min(total, needed) > best_count
-                or (min(total, needed) == best_count and high - low < best[1] - best[0])
-            ):
-                best, best_count = (low, high), min(total, needed)
+            count = min(total, needed)
+            fills = _fills(total, needed, floor, load)
+            if best is None:
+                better = True
+            elif fills != best_fills:
+                better = fills
+            elif fills:  # both fill a batch: the narrower (less padding), then the larger
+                width, best_width = high - low, best[1] - best[0]
+                better = width < best_width or (width == best_width and count > best_count)
+            else:  # neither: the larger, then the narrower
+                better = count > best_count or (
+                    count == best_count and high - low < best[1] - best[0]
+                )
+            if better:
+                best, best_count, best_fills = (low, high), count, fills
         if best is None:  # the anchor's bucket alone
             assert anchor is not None
             return anchor, anchor
