@@ -367,9 +367,12 @@ async def test_random_leave_schedules_keep_every_stream_whole(
     async def fn(items: list[tuple[int, int]]) -> AsyncIterator[list[Any]]:
         info = bs.current_batch()
         for k in range(max(count for _, count in items) + 1):
-            await anyio.sleep(0.01)
+            # Resumed for a step after every caller had left: the generator should have
+            # been closed. (Checked as the step starts: a caller whose patience ends in
+            # the very instant the step's work does may leave on either side of it.)
             if not any(info.alive):
                 steps_after_all_left.append(k)
+            await anyio.sleep(0.01)
             yield [(ident, k) if k < count else bs.END for ident, count in items]
 
     outcomes: dict[int, tuple[list[Any], bool]] = {}
