@@ -342,15 +342,16 @@ def legend(results: Sequence[DemoResult]) -> list[str]:
     lines = [
         "padding eff.: real tokens / padded tokens over all batches (a padded batch costs "
         "its size times its longest request; 100% = no padding)",
-        "batches released by: size = a full batch was pending; timer = the oldest request "
+        "batches released by: size = a full batch was pending; cost = fewer, longer "
+        "requests that weigh a full batch went together; timer = the oldest request "
         "had waited max_wait when the model became free",
     ]
     if any(r.mode == "length" for r in results):
         lines.append(
             "length-bucketed: under load many batches leave on the timer because each "
             "length bucket fills more slowly than the whole queue; when the busy model frees "
-            "up, the oldest request has already waited max_wait and its bucket goes, nearly "
-            "full (see batch): the batch waited for the model, not idly"
+            "up, the oldest request has already waited max_wait and its bucket goes: the "
+            "batch waited for the model, not idly"
         )
     return lines
 
