@@ -12,7 +12,8 @@ gives the same guarantee (woken exactly once, cancellable, a checkpoint):
   so nothing here imports asyncio. The loop's ``time`` is the clock; the caller's
   deadline is AnyIO's, read with the loop bound once (``_asyncio``, imported only then).
 * Trio: the caller's task parks with ``trio.lowlevel.wait_task_rescheduled`` and is
-  rescheduled when its item ends (``_trio``, imported only when Trio runs the scope).
+  rescheduled when its item ends; the caller's deadline is Trio's, read directly
+  (``_trio``, imported only when Trio runs the scope).
 * Anything else: one ``anyio.Event`` per item.
 
 The scheduler and the executor never see the difference: they end items through
@@ -129,5 +130,7 @@ def loop_calls() -> LoopCalls:
         from . import _trio
 
         if _trio.is_trio_token(native):
-            return LoopCalls(_trio.current_time, _trio.deadline, _trio.TaskItem, _no_signal)
+            return LoopCalls(
+                _trio.current_time, _trio.deadline_reader(), _trio.TaskItem, _no_signal
+            )
     return LoopCalls(backend_time, backend_deadline, EventItem, anyio.Event)

@@ -75,6 +75,9 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 
+_OPEN = ScopeState.OPEN
+
+
 def _check_priority(priority: object) -> None:
     kind = type(priority)
     if kind is int:
@@ -472,6 +475,16 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         engine.clock, engine.deadline = calls.clock, calls.deadline
         engine.recorder.opened_at = engine.clock()
         engine.item_type, engine.new_signal = calls.item_type, calls.new_signal
+        config = engine.config
+        engine.plain = not (
+            engine.streaming
+            or engine.front is not None
+            or engine.breaker is not None
+            or engine.capture
+            or config.cost is not None
+            or config.admission == "deadline"
+            or config.partition is not None
+        )
         send, receive = anyio.create_memory_object_stream[Item[In, Out]](math.inf)
         engine.send = send
         engine.room = Room(engine.config.max_queue_size)
@@ -622,8 +635,32 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         .. versionadded:: 0.1.0
         """
-        _check_priority(priority)
+        if type(priority) is not int:  # an int is valid: no call (the per-item path)
+            _check_priority(priority)
         engine = self._engine
+        if engine.plain and engine.state is _OPEN:
+            # engine.price(), admit(), queue() and wait() inline, for a scope with none of
+            # the options they check per item (the per-item path).
+            recorder = engine.recorder
+            recorder.submitted += 1
+            room = engine.room
+            if room.free:  # room.take_nowait(), inline
+                room.free -= 1
+            else:
+                await engine.wait_for_room()
+            waited: WaitedItem[In, Out] = engine.item_type(
+                item, priority, 1.0, engine.clock(), engine.deadline(), engine.new_signal()
+            )
+            recorder.pending += 1
+            engine.send.send_nowait(waited)
+            try:
+                await waited.park()
+            except BaseException:
+                engine.leave(waited)
+                raise
+            if waited.error is None:  # waited.outcome(), inline for a result
+                return waited.result  # type: ignore[return-value]
+            return waited.outcome()
         if engine.streaming:
             return cast(Out, await collect(engine, item, priority))
         if engine.front is not None:
@@ -633,7 +670,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         cost = engine.price(item, True)
         if not engine.room.take_nowait():
             await engine.wait_for_room(cost)
-        waited: WaitedItem[In, Out] = engine.item_type(
+        waited = engine.item_type(
             item, priority, cost, engine.clock(), engine.deadline(), engine.new_signal()
         )
         engine.queue(waited)
