@@ -270,6 +270,24 @@ async def test_slow_batches_never_lock_callers_out() -> None:
 
 
 @pytest.mark.realclock
+async def test_slow_batches_never_lock_callers_out_real_clock(cpu_hog: Any) -> None:
+    """
+    Real clock, CPU hog: after two batches slower than the callers' deadlines, callers one
+    after another are admitted (the first as the probe) and served, none refused.
+    """
+    fake = FakeBatchFunction[int, int](delay=1.2)
+    async with bs.BatchScope(fake, max_batch_size=8, max_wait=0, admission="deadline") as scope:
+        await _warm(scope)  # two batches of 1.2 s: the estimate exceeds every 1 s deadline
+        fake.delay = 0.01
+        for i in range(5):
+            with anyio.fail_after(1.0):
+                assert await scope.submit(60 + i) == 60 + i
+        stats = scope.statistics()
+    assert stats.rejected == 0
+    assert fake.items[4:] == [60, 61, 62, 63, 64]
+
+
+@pytest.mark.realclock
 async def test_admission_under_overload_real_clock(cpu_hog: Any) -> None:
     """Real clock, CPU hog, 7x overload: every caller ends once, served or refused early."""
     fake = FakeBatchFunction[int, int](delay=0.05)

@@ -436,10 +436,8 @@ async def test_early_batch_leaves_out_a_caller_that_left() -> None:
 @virtual
 async def test_scope_declining_its_slot_is_not_pulled_forward_into_it() -> None:
     """A scope that hands its slot back (its deadline caller left) does not leave it idle."""
-    tracker = Tracker()
-    device = bs.Device()
-    heavy = bs.BatchScope(tracker.fn("heavy", 0.25), max_batch_size=4, device=device)
-    light = bs.BatchScope(tracker.fn("light", 0.05), max_wait=0.125, device=device)
+    shared = LightBesideHeavy()
+    tracker, device, heavy, light = shared.tracker, shared.device, shared.heavy, shared.light
     async with heavy, light, anyio.create_task_group() as tg:
         tg.start_soon(_flood, heavy, 16)
         await anyio.sleep(0.2)

@@ -36,7 +36,7 @@ import numbers
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import DeadlineUnmeetableError
-from ._pending import DEADLINE_SHARE
+from ._pending import deadline_spare
 from ._scheduler import TIMER_SLACK
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def judge(engine: Engine[Any, Any], cost: float) -> None:
     # sustained overload every admitted item sits at the admission threshold; without
     # the margin about half of them would miss their deadline by the gaps between
     # batches and the result's way back.
-    margin = DEADLINE_SHARE * (deadline - now) + engine.scheduler.lateness + TIMER_SLACK
+    margin = deadline_spare(deadline, now) + engine.scheduler.lateness + TIMER_SLACK
     if now + wait + own <= deadline - margin:
         return
     engine.reject("deadline")

@@ -13,8 +13,8 @@ scopes directly: about half the cost, the same value.
 Those fields are AnyIO's private ones. :func:`deadline_for` checks that they are where this
 module reads them, on a cancel scope it builds, and returns None otherwise (a future AnyIO
 that moved them): the scope then uses AnyIO's public function, the same value, slower.
-``tests/test_asyncio.py`` asserts that the fast path is found, and that it agrees with AnyIO
-under nested, shielded, cancelled and moved deadlines.
+``tests/test_deadline_reader.py`` asserts that the fast path is found, and that it agrees
+with AnyIO under nested, shielded, cancelled and moved deadlines.
 """
 
 from __future__ import annotations

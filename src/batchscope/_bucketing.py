@@ -38,7 +38,14 @@ from typing import Any
 from ._items import POOLED, Item
 from ._pending import Limits, PoolBase, Release
 
-__all__ = ["AGING_FACTOR", "BUCKETS_PER_DOUBLING", "FULL_LOAD_SHARE", "LengthPool", "bucket_of"]
+__all__ = [
+    "AGING_FACTOR",
+    "BUCKETS_PER_DOUBLING",
+    "FULL_LOAD_SHARE",
+    "LengthPool",
+    "bucket_floor",
+    "bucket_of",
+]
 
 #: Buckets per factor of two in cost: 8 makes each bucket about 9% wider than the last.
 BUCKETS_PER_DOUBLING = 8
@@ -68,6 +75,11 @@ def _fills(count: int, needed: int, floor: float, load: float) -> bool:
 def bucket_of(cost: float) -> int:
     """The bucket index of *cost* (0 for costs below 1)."""
     return int(math.log2(cost + 1.0) * BUCKETS_PER_DOUBLING)
+
+
+def bucket_floor(index: int) -> float:
+    """The least cost in bucket *index* (the inverse of :func:`bucket_of`)."""
+    return float(2.0 ** (index / BUCKETS_PER_DOUBLING)) - 1.0
 
 
 class LengthPool(PoolBase):
@@ -198,8 +210,7 @@ class LengthPool(PoolBase):
         first = 0
         for high in indices:
             total += counts[high]
-            # The least cost of an item in bucket ``high`` (the inverse of bucket_of).
-            floor = 2.0 ** (high / BUCKETS_PER_DOUBLING) - 1.0
+            floor = bucket_floor(high)
             while (anchor is None or indices[first] < anchor) and _fills(
                 total - counts[indices[first]], needed, floor, load
             ):

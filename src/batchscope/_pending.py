@@ -43,6 +43,7 @@ __all__ = [
     "PoolBase",
     "PriorityPool",
     "Release",
+    "deadline_spare",
 ]
 
 #: Why a batch left the pool: ``size``, ``cost``, ``timer``, ``deadline``, ``drain`` or
@@ -57,6 +58,11 @@ Release = ReleaseReason
 #: (0.1 was measured too little: a lone 500 ms caller under the test suite's CPU hog, whose
 #: first batch starts a worker thread, missed now and then).
 DEADLINE_SHARE = 0.2
+
+
+def deadline_spare(deadline: float, arrival: float) -> float:
+    """What a caller's deadline keeps in hand: :data:`DEADLINE_SHARE` of its time."""
+    return DEADLINE_SHARE * max(0.0, deadline - arrival)
 
 
 @attrs.frozen
@@ -247,7 +253,7 @@ class PoolBase:
         if deadline == math.inf:
             return math.inf
         arrival = self._deadlines[0][2].arrival
-        return deadline - limits.lead - DEADLINE_SHARE * max(0.0, deadline - arrival)
+        return deadline - limits.lead - deadline_spare(deadline, arrival)
 
     def _timer_reason(self, now: float, limits: Limits, draining: bool) -> Release | None:
         """Why a partial batch is due now (drain, timer, deadline, early), or None."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+import statistics
 from collections.abc import Awaitable, Callable, MutableSequence, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
 
@@ -248,8 +249,7 @@ class Stepper(Generic[In, Out]):
         waits = self.recorder.join_waits
         if not waits:
             return 0.0
-        recent = sorted(itertools.islice(reversed(waits), JOIN_ESTIMATE_SAMPLES))
-        return recent[len(recent) // 2]
+        return statistics.median_high(itertools.islice(reversed(waits), JOIN_ESTIMATE_SAMPLES))
 
     def _reject(self, reason: RejectReason) -> None:
         """Count a refused submit and tell the hooks why."""
