@@ -137,10 +137,34 @@ def test_fragment_compiles(snippet: Snippet) -> None:
     pytest.skip(f"{snippet.id}: {snippet.skip}")
 
 
+#: A log line a program's comment shows: ``# stderr: batchscope: ...`` or
+#: ``# WARNING batchscope: ...`` (the first line of it, a trailing ``;`` dropped).
+_LOG_LINE = re.compile(
+    r"#\s*(?:stderr:|DEBUG|INFO|WARNING|ERROR)\s+(?P<line>batchscope: .*?);?\s*$"
+)
+
+
+def quoted_log_lines(snippet: Snippet) -> list[str]:
+    """The batchscope log lines the block's comments say it prints."""
+    return [m["line"] for line in snippet.code.splitlines() if (m := _LOG_LINE.search(line))]
+
+
+def test_pages_quote_log_lines() -> None:
+    """The resilience and logging pages show the log lines their programs print."""
+    quoted = [line for s in PROGRAMS for line in quoted_log_lines(s)]
+    assert len(quoted) >= 4, quoted
+
+
 @pytest.mark.parametrize("snippet", PROGRAMS, ids=lambda s: s.id)
-def test_program_runs(snippet: Snippet, cpu_hog: Any) -> None:
+def test_program_runs(snippet: Snippet, cpu_hog: Any, caplog: pytest.LogCaptureFixture) -> None:
     """A whole program in the docs runs as printed, on a loaded machine."""
-    _execute(snippet)
+    with caplog.at_level(logging.INFO, logger="batchscope"):
+        _execute(snippet)
+    # Each log line a comment shows is what the program logged (the page shows it as
+    # printed: "1 item", never "1 item(s)").
+    logged = [record.getMessage() for record in caplog.records if record.name == "batchscope"]
+    for line in quoted_log_lines(snippet):
+        assert any(message.startswith(line) for message in logged), (snippet.id, line, logged)
 
 
 @pytest.mark.virtual_time
