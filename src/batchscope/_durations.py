@@ -2,7 +2,8 @@
 Validation helpers shared by the option classes: ints, numbers and durations, named in errors.
 
 The one home of the validators that more than one option class uses (:class:`ScopeConfig`
-in ``_config``, the resilience objects, the array collators, the Ray pool). It sits below
+in ``_config``, :class:`ContinuousConfig`, the resilience objects, the array collators,
+the Ray pool); ``tests/test_layers.py`` fails on a copy of one elsewhere. It sits below
 ``_config`` because ``_config`` imports the resilience objects, which validate with these.
 Also here, as the lowest module every package imports: :func:`fix_module_names`, which
 the package ``__init__`` modules share.
@@ -11,7 +12,7 @@ the package ``__init__`` modules share.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from types import FunctionType
 from typing import Any
@@ -20,11 +21,17 @@ import attrs
 
 __all__ = [
     "check_int",
+    "choice",
     "fix_module_names",
+    "optional_callable",
     "optional_positive_number",
+    "positive_int",
     "to_seconds",
     "type_name",
 ]
+
+#: The signature of an attrs validator.
+Validator = Callable[[Any, "attrs.Attribute[Any]", object], None]
 
 
 def type_name(value: object) -> str:
@@ -70,6 +77,28 @@ def optional_positive_number(_: Any, attribute: attrs.Attribute[Any], value: obj
         raise TypeError(f"{attribute.name!r} must be a number, not {type_name(value)}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{attribute.name!r} must be a finite number > 0, got {value!r}")
+
+
+def positive_int(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    """An attrs validator: an int (not a bool) >= 1."""
+    check_int(attribute.name, value, minimum=1)
+
+
+def optional_callable(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    """An attrs validator: None or a callable."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{attribute.name!r} must be callable, not {type_name(value)}")
+
+
+def choice(*allowed: str) -> Validator:
+    """An attrs validator: one of *allowed* (an option's ``Literal``, via ``get_args``)."""
+
+    def validate(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value not in allowed:
+            options = ", ".join(repr(a) for a in allowed)
+            raise ValueError(f"{attribute.name!r} must be one of {options}, got {value!r}")
+
+    return validate
 
 
 def fix_module_names(package: str, namespace: Mapping[str, Any], names: Iterable[str]) -> None:

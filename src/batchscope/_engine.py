@@ -19,7 +19,6 @@ item ends) and :meth:`Engine.leave` (a caller gone: withdraw or abandon its item
 from __future__ import annotations
 
 import contextvars
-import enum
 import math
 import numbers
 from collections.abc import Callable, Hashable
@@ -52,6 +51,7 @@ from ._items import (
     Item,
     WaitedItem,
 )
+from ._lifecycle import ScopeState
 from ._resilience import BreakerState, TokenBucket
 from ._room import Room, wait_counted
 from ._statistics import Recorder
@@ -70,20 +70,6 @@ __all__ = ["Engine", "ScopeState"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
-
-
-class ScopeState(enum.Enum):
-    """Where a scope is in its life; it only moves forward."""
-
-    #: Constructed, not yet opened.
-    NEW = "new"
-    #: Open: takes items.
-    OPEN = "open"
-    #: Closed to new items (``close()``, the block ending, or a failure); pending items
-    #: still run (or, after a failure, fail).
-    CLOSING = "closing"
-    #: The ``async with`` block has exited.
-    CLOSED = "closed"
 
 
 def _no_maps() -> set[Any]:

@@ -38,10 +38,11 @@ from ._cache import AsyncCache, CacheFront
 from ._completion import loop_calls
 from ._config import Admission, CostMode, OnFull, Oversize, Policy, ScopeConfig, check_int
 from ._device import Device
-from ._engine import Engine, ScopeState
+from ._engine import Engine
 from ._executor import BatchFunction, Collator, Executor, check_collator
 from ._hooks import Hooks, RateLimitedLog, hook_runner
 from ._items import Item, WaitedItem
+from ._lifecycle import ScopeState
 from ._map import MapIterator, gather
 from ._partitions import PartitionedPool
 from ._pending import FifoPool, Pool, PriorityPool

@@ -35,7 +35,6 @@ import anyio
 import anyio.lowlevel
 
 from ._continuous_values import ContinuousConfig, ContinuousRecorder
-from ._engine import ScopeState
 from ._exceptions import (
     BatchSizeMismatchError,
     NoActiveScopeError,
@@ -44,6 +43,7 @@ from ._exceptions import (
 )
 from ._hooks import HookRunner, RejectReason, StepFinished, StepStarted
 from ._items import ABANDONED, EXPIRED, POOLED, QUEUED, RUNNING, WITHDRAWN, Item
+from ._lifecycle import ScopeState
 from ._markers import End
 from ._pending import Limits, Pool
 from ._room import Room, wait_counted
