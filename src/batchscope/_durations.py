@@ -12,6 +12,7 @@ the package ``__init__`` modules share.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from types import FunctionType
@@ -21,6 +22,7 @@ import attrs
 
 __all__ = [
     "check_int",
+    "checked_cost",
     "choice",
     "fix_module_names",
     "optional_callable",
@@ -99,6 +101,25 @@ def choice(*allowed: str) -> Validator:
             raise ValueError(f"{attribute.name!r} must be one of {options}, got {value!r}")
 
     return validate
+
+
+def checked_cost(value: Any, cost_fn: Callable[[Any], float]) -> float:
+    """
+    *value*'s cost by the ``cost`` option's *cost_fn*: a finite number >= 0; raises for
+    this item (ValueError if *cost_fn* raised or gave a bad number, TypeError if not one).
+    """
+    try:
+        cost: object = cost_fn(value)
+    except Exception as exc:
+        raise ValueError(
+            f"the 'cost' function raised {type(exc).__name__} for this item: {exc}"
+        ) from exc
+    if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
+        raise TypeError(f"the 'cost' function must return a number, got {type_name(cost)}")
+    cost = float(cost)
+    if not math.isfinite(cost) or cost < 0:
+        raise ValueError(f"the 'cost' function must return a finite number >= 0, got {cost}")
+    return cost
 
 
 def fix_module_names(package: str, namespace: Mapping[str, Any], names: Iterable[str]) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 import statistics
 from collections.abc import Awaitable, Callable, MutableSequence, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
@@ -35,6 +34,7 @@ import anyio
 import anyio.lowlevel
 
 from ._continuous_values import ContinuousConfig, ContinuousRecorder
+from ._durations import checked_cost
 from ._exceptions import (
     BatchSizeMismatchError,
     NoActiveScopeError,
@@ -259,20 +259,10 @@ class Stepper(Generic[In, Out]):
 
     def _cost_of(self, value: In, cost_fn: Callable[[In], float]) -> float:
         try:
-            cost: object = cost_fn(value)
-        except Exception as exc:
+            return checked_cost(value, cost_fn)
+        except Exception:
             self._reject("bad_cost")
-            raise ValueError(
-                f"the 'cost' function raised {type(exc).__name__} for this item: {exc}"
-            ) from exc
-        if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
-            self._reject("bad_cost")
-            raise TypeError(f"the 'cost' function must return a number, got {type(cost).__name__}")
-        cost = float(cost)
-        if not math.isfinite(cost) or cost < 0:
-            self._reject("bad_cost")
-            raise ValueError(f"the 'cost' function must return a finite number >= 0, got {cost}")
-        return cost
+            raise
 
     # -- synchronous, from the callers' tasks ----------------------------------------------
 
