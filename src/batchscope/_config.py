@@ -19,6 +19,7 @@ from ._durations import (
     optional_callable,
     optional_positive_number,
     positive_int,
+    positive_seconds,
     to_seconds,
     type_name,
 )
@@ -69,12 +70,7 @@ def _max_wait(value: float | timedelta | Literal["auto"]) -> float | Literal["au
 
 def _optional_seconds(name: str) -> Callable[[float | timedelta | None], float | None]:
     def convert(value: float | timedelta | None) -> float | None:
-        if value is None:
-            return None
-        seconds = to_seconds(name, value)
-        if seconds == 0:
-            raise ValueError(f"{name!r} must be > 0, got {value!r}")
-        return seconds
+        return None if value is None else positive_seconds(name, value)
 
     return convert
 

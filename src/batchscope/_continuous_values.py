@@ -22,7 +22,7 @@ from ._durations import (
     optional_callable,
     optional_positive_number,
     positive_int,
-    to_seconds,
+    positive_seconds,
 )
 from ._statistics import SAMPLES, Percentiles
 
@@ -30,10 +30,7 @@ __all__ = ["ContinuousConfig", "ContinuousRecorder", "ContinuousStatistics"]
 
 
 def _aging(value: float | timedelta) -> float:
-    seconds = to_seconds("aging", value)
-    if seconds == 0:
-        raise ValueError(f"'aging' must be > 0, got {value!r}")
-    return seconds
+    return positive_seconds("aging", value)
 
 
 @final

@@ -28,6 +28,7 @@ __all__ = [
     "optional_callable",
     "optional_positive_number",
     "positive_int",
+    "positive_seconds",
     "to_seconds",
     "type_name",
 ]
@@ -68,6 +69,14 @@ def to_seconds(name: str, value: object) -> float:
         )
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{name!r} must be a finite duration >= 0, got {value!r}")
+    return seconds
+
+
+def positive_seconds(name: str, value: object) -> float:
+    """:func:`to_seconds`, and ValueError for zero: a duration that must be above zero."""
+    seconds = to_seconds(name, value)
+    if seconds == 0:
+        raise ValueError(f"{name!r} must be > 0, got {value!r}")
     return seconds
 
 
