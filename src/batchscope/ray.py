@@ -38,7 +38,7 @@ import anyio.to_thread
 import attrs
 from anyio import AsyncContextManagerMixin
 
-from ._durations import check_int, to_seconds
+from ._durations import check_int, positive_seconds
 from ._exceptions import BatchScopeError
 from ._lifecycle import ScopeState
 
@@ -313,9 +313,7 @@ class RayReplicaPool(AsyncContextManagerMixin):
         check_int("max_replica_retries", max_replica_retries, minimum=0)
         if not isinstance(method, str) or not method.isidentifier():  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"'method' must be a method name, got {method!r}")
-        start_timeout = to_seconds("replica_start_timeout", replica_start_timeout)
-        if start_timeout <= 0:
-            raise ValueError(f"'replica_start_timeout' must be > 0, got {replica_start_timeout!r}")
+        start_timeout = positive_seconds("replica_start_timeout", replica_start_timeout)
         self._num_replicas = num_replicas
         self._per_replica = per_replica
         self._max_retries = max_replica_retries

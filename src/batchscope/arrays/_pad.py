@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast, final, overload
 import anyio.lowlevel
 import attrs
 
-from .._durations import check_int, positive_int, to_seconds
+from .._durations import check_int, positive_int, positive_seconds
 from . import _namespace as ns
 from ._layout import (
     Layout,
@@ -150,10 +150,7 @@ def _batch_sizes(value: object) -> tuple[int, ...] | None:
 
 
 def _poll_interval(value: float) -> float:
-    seconds = to_seconds("poll_interval", value)
-    if seconds <= 0:
-        raise ValueError(f"'poll_interval' must be > 0, got {value!r}")
-    return seconds
+    return positive_seconds("poll_interval", value)
 
 
 def _bool(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
