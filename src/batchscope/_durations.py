@@ -16,12 +16,13 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from types import FunctionType
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
 __all__ = [
     "check_int",
+    "check_priority",
     "checked_cost",
     "choice",
     "fix_module_names",
@@ -110,6 +111,22 @@ def choice(*allowed: str) -> Validator:
             raise ValueError(f"{attribute.name!r} must be one of {options}, got {value!r}")
 
     return validate
+
+
+def check_priority(priority: object) -> None:
+    """A submit's ``priority``: a finite real number, not a bool (TypeError, ValueError)."""
+    kind = type(priority)
+    if kind is int:
+        return  # the common case, without the checks below (per-item path)
+    if kind is not float:
+        if isinstance(priority, bool) or not isinstance(priority, numbers.Real):
+            raise TypeError(f"'priority' must be a number, not {kind.__name__}")
+        if isinstance(priority, numbers.Integral):
+            return
+    if not math.isfinite(cast(float, priority)):
+        # NaN compares false with everything (it would starve in the priority heap);
+        # an infinite rank defeats aging.
+        raise ValueError(f"'priority' must be a finite number, got {priority}")
 
 
 def checked_cost(value: Any, cost_fn: Callable[[Any], float]) -> float:

@@ -34,7 +34,7 @@ import anyio
 import anyio.lowlevel
 
 from ._continuous_values import ContinuousConfig, ContinuousRecorder
-from ._durations import checked_cost
+from ._durations import check_priority, checked_cost
 from ._exceptions import (
     BatchSizeMismatchError,
     NoActiveScopeError,
@@ -209,6 +209,7 @@ class Stepper(Generic[In, Out]):
     ) -> tuple[RowItem[In, Out], MemoryObjectReceiveStream[Out]]:
         """Count a submit, price it, take room in the queue, queue it; its output channel."""
         await anyio.lowlevel.checkpoint_if_cancelled()
+        check_priority(priority)
         if self.state is not ScopeState.OPEN:
             raise self.closed_error()
         recorder = self.recorder
