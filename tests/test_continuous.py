@@ -429,6 +429,25 @@ async def test_priority_policy_joins_lower_priority_first() -> None:
     assert [step[0] for step in gen.steps] == [1, 1, 3, 3, 3, 3, 2, 2, 2]
 
 
+@pytest.mark.virtual_time
+async def test_a_bad_priority_fails_its_caller_not_the_scope() -> None:
+    """
+    A priority that is not a finite number is refused at submit, as BatchScope refuses it
+    (a string crashed the scope's task, failing every caller; NaN joined the heap).
+    """
+    gen = Generator()
+    async with bs.ContinuousScope(gen, policy="priority") as scope:
+        with pytest.raises(TypeError, match="'priority' must be a number"):
+            await scope.submit(1, priority="high")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="'priority' must be a finite number"):
+            await scope.submit(1, priority=math.nan)
+        with pytest.raises(ValueError, match="'priority' must be a finite number"):
+            async for _ in scope.stream(1, priority=math.inf):
+                pass
+        assert await scope.submit(2, priority=1) == ["2:1", "2:2"]
+    assert scope.statistics().submitted == 1
+
+
 async def test_options_are_validated() -> None:
     """Invalid options raise at construction, naming the option."""
     gen = Generator()

@@ -6,6 +6,9 @@ upward (``TYPE_CHECKING`` imports included).
 from __future__ import annotations
 
 import ast
+import io
+import re
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ LAYERS: dict[str, int] = {
     "_progress": 0,
     "_markers": 0,
     "_continuous_values": 0,
+    "_lifecycle": 0,
     # items: the per-item record and how its caller parks
     "_items": 1,
     "_completion": 1,
@@ -156,3 +160,73 @@ def test_the_engine_does_not_import_the_facade() -> None:
         "_demo",
         "asgi",
     }
+
+
+def _body(function: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
+    """A module-level function's parameters and body, its name and docstring left out."""
+    body = function.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return ast.dump(function.args) + "".join(ast.dump(statement) for statement in body)
+
+
+def test_no_function_is_written_twice() -> None:
+    """
+    No two module-level functions of the package are copies (validators such as a
+    positive int or a choice among an option's literals live once, in ``_durations``).
+    """
+    seen: dict[str, list[str]] = {}
+    for path in _sources():
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                seen.setdefault(_body(node), []).append(f"{_module_of(path)}.{node.name}")
+    copies = [names for names in seen.values() if len(names) > 1]
+    assert not copies, f"copies of one function: {copies}"
+
+
+def test_the_scope_states_are_spelt_once() -> None:
+    """
+    A scope's states are :class:`ScopeState` (``_lifecycle``): no other module spells
+    ``"open"`` or ``"closing"`` (the blocking scope and the Ray pool had their own sets).
+    """
+    spelt = sorted(
+        f"{_module_of(path)}:{node.lineno}"
+        for path in _sources()
+        if _module_of(path) != "_lifecycle"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and node.value in ("open", "closing")
+    )
+    assert not spelt, f"use ScopeState instead of the strings at {spelt}"
+
+
+def _prose(path: Path) -> list[tuple[int, str]]:
+    """The comments and docstrings of *path*, with their line numbers."""
+    source = path.read_text(encoding="utf-8")
+    found = [
+        (token.start[0], token.string)
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    ]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            docstring = ast.get_docstring(node, clean=False)
+            if docstring is not None:
+                found.append((node.body[0].lineno, docstring))
+    return found
+
+
+#: Words that give a measurement away: a per-item time, a rate, "measured: ...".
+MEASURED = re.compile(
+    r"µs|\bus/item\b|items/s\b|\bmeasured:|\d+(\.\d+)?x (slower|faster)|\d padded/real"
+)
+
+
+def test_measured_numbers_live_on_the_benchmarks_page() -> None:
+    """Code comments and docstrings state reasons; measured figures are in docs/benchmarks.md."""
+    found = [
+        f"{_module_of(path)}:{line}"
+        for path in _sources()
+        for line, text in _prose(path)
+        if MEASURED.search(text)
+    ]
+    assert not found, f"move these figures to docs/benchmarks.md: {found}"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 from collections.abc import Callable, Collection
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import attrs
+import pytest
 
 import batchscope as bs
+from batchscope import _config, _continuous_values
 
 # Options of BatchScope that are not configuration values (ScopeConfig does not hold them).
 _NOT_CONFIG = {"hooks", "collate"}
@@ -76,3 +81,29 @@ def test_blocking_configure_takes_auto_wait() -> None:
     scope.configure(max_wait="auto", target_latency=0.05)
     assert scope.scope.config.max_wait == "auto"
     assert scope.scope.config.target_latency == 0.05
+
+
+@pytest.mark.parametrize(
+    ("cls", "module"),
+    [(bs.ScopeConfig, _config), (bs.ContinuousConfig, _continuous_values)],
+    ids=["ScopeConfig", "ContinuousConfig"],
+)
+def test_every_config_field_has_a_doc_comment(cls: type, module: ModuleType) -> None:
+    """Each option field is documented by a ``#:`` comment (what the API reference shows)."""
+    source = Path(str(module.__file__)).read_text(encoding="utf-8")
+    lines = source.splitlines()
+    node = next(
+        n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == cls.__name__
+    )
+    documented: set[str] = set()
+    for statement in node.body:
+        if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+            above = statement.lineno - 2
+            while lines[above].strip().startswith("#") and not lines[above].strip().startswith(
+                "#:"
+            ):
+                above -= 1
+            if lines[above].strip().startswith("#:"):
+                documented.add(statement.target.id)
+    missing = sorted({f.name for f in attrs.fields(cls)} - documented)
+    assert not missing, f"{cls.__name__} fields without a #: doc: {missing}"

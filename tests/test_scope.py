@@ -331,3 +331,19 @@ async def test_statistics_of_a_fresh_scope() -> None:
     assert dict(stats.release_reasons) == dict.fromkeys(
         ["size", "cost", "timer", "deadline", "drain", "early"], 0
     )
+
+
+@pytest.mark.virtual_time
+async def test_pending_gauge_is_the_statistic() -> None:
+    """scope.pending (the exporters' cheap gauge) reads what statistics().pending does."""
+    async with bs.BatchScope(
+        FakeBatchFunction[int, int](), max_batch_size=10, max_wait=1.0
+    ) as scope:
+        assert scope.pending == 0
+        async with anyio.create_task_group() as tg:
+            for x in range(3):
+                tg.start_soon(scope.submit, x)
+            await anyio.sleep(0.5)  # queued, waiting for companions or the timer
+            assert scope.pending == scope.statistics().pending == 3
+        assert scope.pending == scope.statistics().pending == 0
+        assert scope.statistics().scheduler_wakeups > 0  # arrivals and the timer woke it

@@ -7,20 +7,25 @@ into batches, calls one batch function per batch, and hands every caller its own
 The private modules are layers along that data flow; each imports only its own layer or
 lower ones (``tests/test_layers.py`` holds them to it):
 
-1. values: options (``_config``, ``_durations``, ``_resilience``), exceptions, hook
-   events, counters (``_statistics``), the queue bound (``_room``);
+1. values: options (``_config``, ``_continuous_values``) and their validators
+   (``_durations``), ``_resilience``, exceptions, hook events, counters
+   (``_statistics``), the queue bound (``_room``), the states of a scope's life
+   (``_lifecycle``), ``END`` (``_markers``), the progress bar (``_progress``);
 2. items: the per-item record and its states (``_items``), how a caller parks
-   (``_completion``, ``_trio``, ``_asyncio``);
+   (``_completion``, ``_trio``, ``_asyncio``), ``current_batch()`` (``_batchinfo``);
 3. pools and policies: FIFO and priority (``_pending``), length buckets (``_bucketing``),
    one pool per partition key (``_partitions``), the fitted batch run time (``_runtime``);
-4. the engine: the state the parts share and the admission protocol (``_engine``), the
-   scheduler, the executor, the cache front, ``submit_many``/``map``, streaming
-   batch functions (``_streaming``);
-5. the façade: ``BatchScope`` (``_scope``: lifetime and the documented API), the
-   decorator, the blocking scope, this module's re-exports.
+4. the engine: the state the parts share and the admission protocol (``_engine``,
+   ``_admission``), the scheduler, the executor and its slots, the cache front,
+   ``submit_many``/``map``, streaming batch functions (``_streaming``), the shared
+   device (``_device``), adaptive sizes (``_adaptive``), warm-up, the continuous
+   stepper (``_stepper``);
+5. the façade: ``BatchScope`` (``_scope``: lifetime and the documented API),
+   ``ContinuousScope`` (``_continuous``), the decorator, the blocking scope, this
+   module's re-exports.
 
 Beside them, on the public surface only: ``arrays`` (collators), ``ray``, ``metrics``,
-``testing`` and the demo (``_demo``, ``__main__``).
+``asgi``, ``testing`` and the demo (``_demo``, ``__main__``).
 """
 
 from __future__ import annotations

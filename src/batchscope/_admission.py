@@ -17,9 +17,8 @@ after slow batches: refusals never lock callers out. The
 prediction errs towards admitting, since a refusal that could have been served is lost
 work too; but the predicted finish must clear the deadline by the margin a deadline
 release leaves (a fifth of the caller's time, plus how late timers fire): under sustained
-overload every admitted item sits at the threshold, and with none about half of them would
-time out after all (measured: 3x overload, 500 ms deadlines, 1,200 callers: 174 timed out
-and 255 were served without the margin; none timed out and 421 were served with it).
+overload every admitted item sits at the threshold, and without a margin many of them
+time out after all (the figures: docs/benchmarks.md, "Admission under overload").
 
 :func:`drain_time` is the ``retry_after`` of a full queue: the time the backlog takes to
 drain a batch's worth.

@@ -4,11 +4,11 @@ asyncio.
 
 ``submit`` records its caller's effective deadline (``anyio.current_effective_deadline()``)
 on every item. Under asyncio AnyIO finds it by ``asyncio.current_task()`` (which looks up
-the running loop on every call, about 0.3 µs on Python 3.11), a weak-key dictionary of
-task states, and a walk up the task's cancel scopes through properties: about 1 µs, a
-fifth of the per-item path. Here the loop is bound once, when a scope opens
-(``_completion.loop_calls``), and the same walk reads the same fields of AnyIO's cancel
-scopes directly: about half the cost, the same value.
+the running loop on every call), a weak-key dictionary of task states, and a walk up the
+task's cancel scopes through properties: a large share of the per-item path. Here the
+loop is bound once, when a scope opens (``_completion.loop_calls``), and the same walk
+reads the same fields of AnyIO's cancel scopes directly: the same value, cheaper (the
+figures: docs/benchmarks.md, "Before and after").
 
 Those fields are AnyIO's private ones. :func:`deadline_for` checks that they are where this
 module reads them, on a cancel scope it builds, and returns None otherwise (a future AnyIO

@@ -29,6 +29,7 @@ from ._device import Device
 from ._exceptions import NoActiveScopeError, ScopeClosedError
 from ._executor import BatchFunction, Collator
 from ._hooks import Hooks
+from ._lifecycle import ScopeState
 from ._resilience import CircuitBreaker, RateLimit, Retry
 from ._scope import BatchScope
 from ._statistics import BatchStatistics
@@ -37,7 +38,6 @@ __all__ = ["BlockingBatchScope"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
-_NEW, _OPEN, _CLOSED = "new", "open", "closed"
 
 
 @final
@@ -232,14 +232,14 @@ class BlockingBatchScope(Generic[In, Out]):
         )
         self._backend = backend
         self._backend_options = backend_options
-        self._state = _NEW
+        self._state = ScopeState.NEW
         self._lock = threading.Lock()
         self._stack = ExitStack()
         self._portal: BlockingPortal | None = None
         self._loop_thread: int | None = None
 
     def __repr__(self) -> str:
-        return f"<BlockingBatchScope {self._scope!r} on {self._backend} {self._state}>"
+        return f"<BlockingBatchScope {self._scope!r} on {self._backend} {self._state.value}>"
 
     @property
     def ready(self) -> bool:
@@ -267,9 +267,9 @@ class BlockingBatchScope(Generic[In, Out]):
 
     def __enter__(self) -> BlockingBatchScope[In, Out]:
         with self._lock:
-            if self._state is not _NEW:
+            if self._state is not ScopeState.NEW:
                 raise RuntimeError("a BlockingBatchScope can be opened only once; create a new one")
-            self._state = _OPEN
+            self._state = ScopeState.OPEN
         try:
             with ExitStack() as stack:
                 portal = stack.enter_context(
@@ -280,7 +280,7 @@ class BlockingBatchScope(Generic[In, Out]):
                 self._portal = portal
                 self._stack = stack.pop_all()
         except BaseException:
-            self._state = _CLOSED  # the portal (if it started) is stopped again
+            self._state = ScopeState.CLOSED  # the portal (if it started) is stopped again
             raise
         return self
 
@@ -294,7 +294,7 @@ class BlockingBatchScope(Generic[In, Out]):
             self._stack.__exit__(exc_type, exc, tb)
         finally:
             with self._lock:
-                self._state = _CLOSED
+                self._state = ScopeState.CLOSED
                 self._portal = None
 
     def close(self) -> None:
@@ -320,7 +320,7 @@ class BlockingBatchScope(Generic[In, Out]):
     def _open_portal(self) -> BlockingPortal:
         portal = self._portal
         if portal is None:
-            if self._state is _NEW:
+            if self._state is ScopeState.NEW:
                 raise NoActiveScopeError(
                     f"{self!r} is not open: use 'with BlockingBatchScope(fn) as scope:' "
                     f"and submit inside the block"

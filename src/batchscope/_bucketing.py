@@ -61,9 +61,9 @@ AGING_FACTOR = 3
 COST_MEMORY = 256
 #: A run of buckets whose items weigh this share of a full batch of typical items (each
 #: counted at the least cost of the run's highest bucket) makes a batch, however few they
-#: are (see ``LengthPool._window``). Measured on the padding benchmark (scenario c,
-#: asyncio, 3 runs each): 1.07 padded/real tokens at 256 callers with 0.5, against 1.10
-#: with 0.75 and 1.11 with 1.0 (docs/benchmarks.md, "Padding and fairness").
+#: are (see ``LengthPool._window``). Chosen on the padding benchmark (scenario c) as the
+#: share that padded least among those tried (the figures: docs/benchmarks.md, "Padding
+#: and fairness").
 FULL_LOAD_SHARE = 0.5
 
 

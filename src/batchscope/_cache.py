@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar, cast, 
 import anyio
 import anyio.lowlevel
 
-from ._engine import ScopeState
 from ._items import (
     ABANDONED,
     DONE,
@@ -30,6 +29,7 @@ from ._items import (
     Item,
     WaitedItem,
 )
+from ._lifecycle import ScopeState
 
 if TYPE_CHECKING:
     from ._engine import Engine

@@ -94,11 +94,13 @@ def anyio_get_async_backend() -> Callable[[], Any] | None:
     """
     AnyIO's private ``get_async_backend``, or None if this AnyIO has moved it.
 
-    The one place batchscope reaches into AnyIO's internals: the backend's own
-    ``current_time`` and ``current_effective_deadline``, bound once per scope, skip the
-    backend look-up that the public functions repeat on every call. Without it the public
-    functions are used (same values, slower). ``tests/test_completion.py`` asserts it is
-    found, so an AnyIO that moves it fails CI instead of silently taking the slow path.
+    One of the two places batchscope reaches into AnyIO's internals (the other is
+    ``_asyncio._anyio_task_states``, the cancel-scope walk under asyncio, held by
+    ``tests/test_deadline_reader.py``): the backend's own ``current_time`` and
+    ``current_effective_deadline``, bound once per scope, skip the backend look-up that the
+    public functions repeat on every call. Without it the public functions are used (same
+    values, slower). ``tests/test_completion.py`` asserts it is found, so an AnyIO that
+    moves it fails CI instead of silently taking the slow path.
     """
     try:
         from anyio._core._eventloop import get_async_backend

@@ -13,7 +13,16 @@ from typing import Any, Literal, cast, final, get_args
 
 import attrs
 
-from ._durations import check_int, optional_positive_number, to_seconds, type_name
+from ._durations import (
+    check_int,
+    choice,
+    optional_callable,
+    optional_positive_number,
+    positive_int,
+    positive_seconds,
+    to_seconds,
+    type_name,
+)
 from ._resilience import CircuitBreaker, RateLimit, Retry
 
 __all__ = [
@@ -32,10 +41,6 @@ CostMode = Literal["padded", "sum"]
 Oversize = Literal["run_alone", "reject"]
 Policy = Literal["fifo", "length", "priority"]
 Admission = Literal["queue", "deadline"]
-
-
-def _positive_int(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    check_int(attribute.name, value, minimum=1)
 
 
 def _max_batch_size(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -65,12 +70,7 @@ def _max_wait(value: float | timedelta | Literal["auto"]) -> float | Literal["au
 
 def _optional_seconds(name: str) -> Callable[[float | timedelta | None], float | None]:
     def convert(value: float | timedelta | None) -> float | None:
-        if value is None:
-            return None
-        seconds = to_seconds(name, value)
-        if seconds == 0:
-            raise ValueError(f"{name!r} must be > 0, got {value!r}")
-        return seconds
+        return None if value is None else positive_seconds(name, value)
 
     return convert
 
@@ -109,15 +109,6 @@ def _instance_of(kind: type, shown: str) -> Callable[[Any, attrs.Attribute[Any],
     return validate
 
 
-def _choice(*allowed: str) -> Callable[[Any, attrs.Attribute[Any], object], None]:
-    def validate(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value not in allowed:
-            options = ", ".join(repr(a) for a in allowed)
-            raise ValueError(f"{attribute.name!r} must be one of {options}, got {value!r}")
-
-    return validate
-
-
 def _preferred_sizes(value: object) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -146,11 +137,6 @@ def _warmup(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
         raise ValueError("'warmup' must hold at least one sample item")
 
 
-def _optional_callable(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not callable(value):
-        raise TypeError(f"{attribute.name!r} must be callable, not {type_name(value)}")
-
-
 @final
 @attrs.frozen(kw_only=True)
 class ScopeConfig:
@@ -170,21 +156,21 @@ class ScopeConfig:
     #: for (None otherwise).
     target_latency: float | None = attrs.field(default=None, converter=_target_latency)
     #: Bound on pending items: the buffer of the scope's channel.
-    max_queue_size: int = attrs.field(default=10_000, validator=_positive_int)
+    max_queue_size: int = attrs.field(default=10_000, validator=positive_int)
     #: What a submit does when the queue is full: ``"wait"`` for room or ``"reject"``.
-    on_full: OnFull = attrs.field(default="wait", validator=_choice(*get_args(OnFull)))
+    on_full: OnFull = attrs.field(default="wait", validator=choice(*get_args(OnFull)))
     #: Batches in flight at once.
-    max_concurrent_batches: int = attrs.field(default=1, validator=_positive_int)
+    max_concurrent_batches: int = attrs.field(default=1, validator=positive_int)
     #: ``item -> number`` (for example ``len``): enables cost budgets and length bucketing.
-    cost: Callable[[Any], float] | None = attrs.field(default=None, validator=_optional_callable)
+    cost: Callable[[Any], float] | None = attrs.field(default=None, validator=optional_callable)
     #: Budget per batch in cost units (needs ``cost``).
     max_batch_cost: float | None = attrs.field(default=None, validator=optional_positive_number)
     #: How a batch's cost adds up: ``"padded"`` (size times the largest cost) or ``"sum"``.
-    cost_mode: CostMode = attrs.field(default="padded", validator=_choice(*get_args(CostMode)))
+    cost_mode: CostMode = attrs.field(default="padded", validator=choice(*get_args(CostMode)))
     #: An item costlier than ``max_batch_cost`` alone: ``"run_alone"`` or ``"reject"``.
-    oversize: Oversize = attrs.field(default="run_alone", validator=_choice(*get_args(Oversize)))
+    oversize: Oversize = attrs.field(default="run_alone", validator=choice(*get_args(Oversize)))
     #: Which items go together: ``"fifo"``, ``"length"`` (cost buckets) or ``"priority"``.
-    policy: Policy = attrs.field(default="fifo", validator=_choice(*get_args(Policy)))
+    policy: Policy = attrs.field(default="fifo", validator=choice(*get_args(Policy)))
     #: Seconds of waiting worth one priority step (``policy="priority"``).
     aging: float = attrs.field(default=0.1, converter=_aging)
     #: Seconds a batch may run before it is cancelled and its items time out (None: no limit).
@@ -204,21 +190,21 @@ class ScopeConfig:
     #: A ``MutableMapping`` or :class:`~batchscope.AsyncCache` of results (None: no cache).
     cache: object = attrs.field(default=None)
     #: ``item -> Hashable`` cache key; also turns on in-flight deduplication.
-    key: Callable[[Any], Hashable] | None = attrs.field(default=None, validator=_optional_callable)
+    key: Callable[[Any], Hashable] | None = attrs.field(default=None, validator=optional_callable)
     #: A :class:`~batchscope.Device` shared with other scopes (None: the scope's own).
     device: object = attrs.field(default=None)
     #: The scope's share of its device relative to the others' (``device=``).
     weight: float = attrs.field(default=1.0, validator=_weight)
     #: ``item -> Hashable`` partition key: only items of one partition share a batch.
     partition: Callable[[Any], Hashable] | None = attrs.field(
-        default=None, validator=_optional_callable
+        default=None, validator=optional_callable
     )
     #: Which submits are queued: ``"queue"`` (every one there is room for) or
     #: ``"deadline"`` (refuse at once, with :class:`~batchscope.DeadlineUnmeetableError`,
     #: one whose caller's deadline the backlog ahead says cannot be met).
-    admission: Admission = attrs.field(default="queue", validator=_choice(*get_args(Admission)))
+    admission: Admission = attrs.field(default="queue", validator=choice(*get_args(Admission)))
     #: With ``max_batch_size="auto"``, the largest batch size it may choose.
-    batch_size_ceiling: int = attrs.field(default=256, validator=_positive_int)
+    batch_size_ceiling: int = attrs.field(default=256, validator=positive_int)
     #: Exceptions meaning "out of memory": a batch whose call raises one is split in halves
     #: and retried, and the batch size cap drops, then grows back step by step.
     oom_errors: tuple[type[Exception], ...] = attrs.field(default=(), converter=_oom_errors)

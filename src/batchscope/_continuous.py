@@ -21,8 +21,8 @@ from anyio import AsyncContextManagerMixin
 from ._bucketing import LengthPool
 from ._config import OnFull, Policy
 from ._continuous_values import ContinuousConfig, ContinuousStatistics
-from ._engine import ScopeState
 from ._hooks import Hooks, RateLimitedLog, hook_runner
+from ._lifecycle import ScopeState
 from ._pending import FifoPool, Pool, PriorityPool
 from ._stepper import RowItem, StepFunction, Stepper
 

@@ -17,35 +17,20 @@ from typing import Any, final, get_args
 import attrs
 
 from ._config import OnFull, Policy
-from ._durations import check_int, optional_positive_number, to_seconds, type_name
+from ._durations import (
+    choice,
+    optional_callable,
+    optional_positive_number,
+    positive_int,
+    positive_seconds,
+)
 from ._statistics import SAMPLES, Percentiles
 
 __all__ = ["ContinuousConfig", "ContinuousRecorder", "ContinuousStatistics"]
 
 
-def _positive_int(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    check_int(attribute.name, value, minimum=1)
-
-
-def _choice(*allowed: str) -> Callable[[Any, attrs.Attribute[Any], object], None]:
-    def validate(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value not in allowed:
-            options = ", ".join(repr(a) for a in allowed)
-            raise ValueError(f"{attribute.name!r} must be one of {options}, got {value!r}")
-
-    return validate
-
-
-def _optional_callable(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not callable(value):
-        raise TypeError(f"{attribute.name!r} must be callable, not {type_name(value)}")
-
-
 def _aging(value: float | timedelta) -> float:
-    seconds = to_seconds("aging", value)
-    if seconds == 0:
-        raise ValueError(f"'aging' must be > 0, got {value!r}")
-    return seconds
+    return positive_seconds("aging", value)
 
 
 @final
@@ -54,23 +39,23 @@ class ContinuousConfig:
     """The validated options of a :class:`~batchscope.ContinuousScope`."""
 
     #: Most rows in the running batch (each step gets at most this many).
-    max_active: int = attrs.field(default=16, validator=_positive_int)
+    max_active: int = attrs.field(default=16, validator=positive_int)
     #: Budget on the total cost of the active rows (needs ``cost``), or None.
     max_active_cost: float | None = attrs.field(default=None, validator=optional_positive_number)
     #: ``item -> number >= 0``, called once per item at submit (for example prompt length
     #: plus the most tokens it may generate).
-    cost: Callable[[Any], float] | None = attrs.field(default=None, validator=_optional_callable)
+    cost: Callable[[Any], float] | None = attrs.field(default=None, validator=optional_callable)
     #: Which waiting items join first: ``"fifo"``, ``"length"`` or ``"priority"``.
-    policy: Policy = attrs.field(default="fifo", validator=_choice(*get_args(Policy)))
+    policy: Policy = attrs.field(default="fifo", validator=choice(*get_args(Policy)))
     #: Seconds of waiting worth one priority step (``policy="priority"``).
     aging: float = attrs.field(default=0.1, converter=_aging)
     #: Bound on items waiting to join.
-    max_queue_size: int = attrs.field(default=10_000, validator=_positive_int)
+    max_queue_size: int = attrs.field(default=10_000, validator=positive_int)
     #: What a submit does when the queue is full: ``"wait"`` for room or ``"reject"``.
-    on_full: OnFull = attrs.field(default="wait", validator=_choice(*get_args(OnFull)))
+    on_full: OnFull = attrs.field(default="wait", validator=choice(*get_args(OnFull)))
     #: Outputs a row may hold that its caller has not read yet; a row whose buffer is
     #: full sits out the steps until its caller reads.
-    max_buffered: int = attrs.field(default=64, validator=_positive_int)
+    max_buffered: int = attrs.field(default=64, validator=positive_int)
 
     def __attrs_post_init__(self) -> None:
         if self.max_active_cost is not None and self.cost is None:

@@ -61,7 +61,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._durations import check_int, to_seconds
+from ._durations import check_int, positive_seconds
 
 __all__ = ["Device", "DeviceClient", "DeviceShare", "DeviceStatistics"]
 
@@ -286,11 +286,8 @@ class Device:
 
     def __init__(self, slots: int = 1, *, aging: float = 1.0) -> None:
         check_int("slots", slots, minimum=1)
-        seconds = to_seconds("aging", aging)
-        if seconds == 0:
-            raise ValueError(f"'aging' must be > 0, got {aging!r}")
         self._slots = slots
-        self._aging = seconds
+        self._aging = positive_seconds("aging", aging)
         #: Free slots (not running a batch, not held for a chosen scope).
         self.free: int = slots
         #: Scopes waiting for a slot, in round-robin order; the head has the turn.

@@ -2,7 +2,8 @@
 Validation helpers shared by the option classes: ints, numbers and durations, named in errors.
 
 The one home of the validators that more than one option class uses (:class:`ScopeConfig`
-in ``_config``, the resilience objects, the array collators, the Ray pool). It sits below
+in ``_config``, :class:`ContinuousConfig`, the resilience objects, the array collators,
+the Ray pool); ``tests/test_layers.py`` fails on a copy of one elsewhere. It sits below
 ``_config`` because ``_config`` imports the resilience objects, which validate with these.
 Also here, as the lowest module every package imports: :func:`fix_module_names`, which
 the package ``__init__`` modules share.
@@ -11,20 +12,30 @@ the package ``__init__`` modules share.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import numbers
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from types import FunctionType
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
 __all__ = [
     "check_int",
+    "check_priority",
+    "checked_cost",
+    "choice",
     "fix_module_names",
+    "optional_callable",
     "optional_positive_number",
+    "positive_int",
+    "positive_seconds",
     "to_seconds",
     "type_name",
 ]
+
+#: The signature of an attrs validator.
+Validator = Callable[[Any, "attrs.Attribute[Any]", object], None]
 
 
 def type_name(value: object) -> str:
@@ -62,6 +73,14 @@ def to_seconds(name: str, value: object) -> float:
     return seconds
 
 
+def positive_seconds(name: str, value: object) -> float:
+    """:func:`to_seconds`, and ValueError for zero: a duration that must be above zero."""
+    seconds = to_seconds(name, value)
+    if seconds == 0:
+        raise ValueError(f"{name!r} must be > 0, got {value!r}")
+    return seconds
+
+
 def optional_positive_number(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     """An attrs validator: None, or a finite int/float (not a bool) above zero."""
     if value is None:
@@ -70,6 +89,63 @@ def optional_positive_number(_: Any, attribute: attrs.Attribute[Any], value: obj
         raise TypeError(f"{attribute.name!r} must be a number, not {type_name(value)}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{attribute.name!r} must be a finite number > 0, got {value!r}")
+
+
+def positive_int(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    """An attrs validator: an int (not a bool) >= 1."""
+    check_int(attribute.name, value, minimum=1)
+
+
+def optional_callable(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    """An attrs validator: None or a callable."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{attribute.name!r} must be callable, not {type_name(value)}")
+
+
+def choice(*allowed: str) -> Validator:
+    """An attrs validator: one of *allowed* (an option's ``Literal``, via ``get_args``)."""
+
+    def validate(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value not in allowed:
+            options = ", ".join(repr(a) for a in allowed)
+            raise ValueError(f"{attribute.name!r} must be one of {options}, got {value!r}")
+
+    return validate
+
+
+def check_priority(priority: object) -> None:
+    """A submit's ``priority``: a finite real number, not a bool (TypeError, ValueError)."""
+    kind = type(priority)
+    if kind is int:
+        return  # the common case, without the checks below (per-item path)
+    if kind is not float:
+        if isinstance(priority, bool) or not isinstance(priority, numbers.Real):
+            raise TypeError(f"'priority' must be a number, not {kind.__name__}")
+        if isinstance(priority, numbers.Integral):
+            return
+    if not math.isfinite(cast(float, priority)):
+        # NaN compares false with everything (it would starve in the priority heap);
+        # an infinite rank defeats aging.
+        raise ValueError(f"'priority' must be a finite number, got {priority}")
+
+
+def checked_cost(value: Any, cost_fn: Callable[[Any], float]) -> float:
+    """
+    *value*'s cost by the ``cost`` option's *cost_fn*: a finite number >= 0; raises for
+    this item (ValueError if *cost_fn* raised or gave a bad number, TypeError if not one).
+    """
+    try:
+        cost: object = cost_fn(value)
+    except Exception as exc:
+        raise ValueError(
+            f"the 'cost' function raised {type(exc).__name__} for this item: {exc}"
+        ) from exc
+    if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
+        raise TypeError(f"the 'cost' function must return a number, got {type_name(cost)}")
+    cost = float(cost)
+    if not math.isfinite(cost) or cost < 0:
+        raise ValueError(f"the 'cost' function must return a finite number >= 0, got {cost}")
+    return cost
 
 
 def fix_module_names(package: str, namespace: Mapping[str, Any], names: Iterable[str]) -> None:

@@ -19,9 +19,7 @@ item ends) and :meth:`Engine.leave` (a caller gone: withdraw or abandon its item
 from __future__ import annotations
 
 import contextvars
-import enum
 import math
-import numbers
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -31,6 +29,7 @@ import attrs
 from ._adaptive import BatchSizer
 from ._admission import drain_time, judge
 from ._config import ScopeConfig
+from ._durations import checked_cost
 from ._exceptions import (
     CircuitOpenError,
     ItemTooLargeError,
@@ -52,6 +51,7 @@ from ._items import (
     Item,
     WaitedItem,
 )
+from ._lifecycle import ScopeState
 from ._resilience import BreakerState, TokenBucket
 from ._room import Room, wait_counted
 from ._statistics import Recorder
@@ -70,20 +70,6 @@ __all__ = ["Engine", "ScopeState"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
-
-
-class ScopeState(enum.Enum):
-    """Where a scope is in its life; it only moves forward."""
-
-    #: Constructed, not yet opened.
-    NEW = "new"
-    #: Open: takes items.
-    OPEN = "open"
-    #: Closed to new items (``close()``, the block ending, or a failure); pending items
-    #: still run (or, after a failure, fail).
-    CLOSING = "closing"
-    #: The ``async with`` block has exited.
-    CLOSED = "closed"
 
 
 def _no_maps() -> set[Any]:
@@ -201,17 +187,7 @@ class Engine(Generic[In, Out]):
     def cost_of(self, value: In, cost_fn: Callable[[In], float]) -> float:
         """The item's cost by *cost_fn*, checked; raises for this item."""
         config = self.config
-        try:
-            cost: object = cost_fn(value)
-        except Exception as exc:
-            raise ValueError(
-                f"the 'cost' function raised {type(exc).__name__} for this item: {exc}"
-            ) from exc
-        if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
-            raise TypeError(f"the 'cost' function must return a number, got {type(cost).__name__}")
-        cost = float(cost)
-        if not math.isfinite(cost) or cost < 0:
-            raise ValueError(f"the 'cost' function must return a finite number >= 0, got {cost}")
+        cost = checked_cost(value, cost_fn)
         limit = config.max_batch_cost
         if limit is not None and cost > limit and config.oversize == "reject":
             raise ItemTooLargeError(

@@ -105,7 +105,7 @@ def check_collator(collate: object) -> None:
 _NOT_RESULTS = (str, bytes, bytearray, memoryview, Mapping, Set, Iterator)
 
 
-def _items(count: int) -> str:
+def items_phrase(count: int) -> str:
     """``"1 item"``, ``"2 items"``."""
     return f"{count} item" if count == 1 else f"{count} items"
 
@@ -378,7 +378,7 @@ class Executor(Generic[In, Out]):
                     f"fn-raised:{type(exc).__name__}",
                     "batchscope: the batch function raised %s for a batch of %s%s",
                     type(exc).__name__,
-                    _items(len(live)),
+                    items_phrase(len(live)),
                     "; isolating the failing items" if config.isolate_failures else "",
                 )
                 if config.isolate_failures and len(live) > 1:
@@ -449,7 +449,7 @@ class Executor(Generic[In, Out]):
             "batchscope: the batch function ran out of memory (%s) on a batch of %s; "
             "splitting it in halves, batch size cap now %d",
             type(error).__name__,
-            _items(len(items)),
+            items_phrase(len(items)),
             cap,
         )
 
@@ -500,7 +500,7 @@ class Executor(Generic[In, Out]):
                 items,
                 BatchSizeMismatchError(
                     f"the batch function returned {count} result{'' if count == 1 else 's'} "
-                    f"for a batch of {_items(len(items))}"
+                    f"for a batch of {items_phrase(len(items))}"
                 ),
             )
             return []

@@ -19,9 +19,9 @@ import anyio.lowlevel
 from anyio import WouldBlock
 
 from ._cache import MISSING
-from ._engine import ScopeState
 from ._exceptions import BatchScopeError, ScopeClosedError
 from ._items import NO_KEY, CallbackItem
+from ._lifecycle import ScopeState
 from ._progress import ProgressBar
 
 if TYPE_CHECKING:

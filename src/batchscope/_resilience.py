@@ -21,7 +21,7 @@ from typing import Any, Literal, cast, final
 import anyio
 import attrs
 
-from ._durations import check_int, optional_positive_number, to_seconds
+from ._durations import optional_positive_number, positive_int, to_seconds
 
 __all__ = ["BreakerState", "CircuitBreaker", "RateLimit", "Retry", "TokenBucket"]
 
@@ -58,10 +58,6 @@ def _exception_types(_: Any, attribute: attrs.Attribute[Any], value: object) -> 
             )
 
 
-def _positive(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    check_int(attribute.name, value, minimum=1)
-
-
 @final
 @attrs.frozen(kw_only=True)
 class Retry:
@@ -85,7 +81,7 @@ class Retry:
     .. versionadded:: 0.1.0
     """
 
-    attempts: int = attrs.field(default=3, validator=_positive)
+    attempts: int = attrs.field(default=3, validator=positive_int)
     on: type[Exception] | tuple[type[Exception], ...] = attrs.field(
         default=Exception, validator=_exception_types
     )
@@ -116,7 +112,7 @@ class CircuitBreaker:
     .. versionadded:: 0.1.0
     """
 
-    failure_threshold: int = attrs.field(default=5, validator=_positive)
+    failure_threshold: int = attrs.field(default=5, validator=positive_int)
     reset_timeout: float = attrs.field(default=30.0, converter=_reset_timeout)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import sys
 from collections.abc import (
     AsyncGenerator,
@@ -38,10 +37,12 @@ from ._cache import AsyncCache, CacheFront
 from ._completion import loop_calls
 from ._config import Admission, CostMode, OnFull, Oversize, Policy, ScopeConfig, check_int
 from ._device import Device
-from ._engine import Engine, ScopeState
+from ._durations import check_priority
+from ._engine import Engine
 from ._executor import BatchFunction, Collator, Executor, check_collator
 from ._hooks import Hooks, RateLimitedLog, hook_runner
 from ._items import Item, WaitedItem
+from ._lifecycle import ScopeState
 from ._map import MapIterator, gather
 from ._partitions import PartitionedPool
 from ._pending import FifoPool, Pool, PriorityPool
@@ -76,21 +77,6 @@ Out = TypeVar("Out")
 
 
 _OPEN = ScopeState.OPEN
-
-
-def _check_priority(priority: object) -> None:
-    kind = type(priority)
-    if kind is int:
-        return  # the common case, without the checks below (per-item path)
-    if kind is not float:
-        if isinstance(priority, bool) or not isinstance(priority, numbers.Real):
-            raise TypeError(f"'priority' must be a number, not {kind.__name__}")
-        if isinstance(priority, numbers.Integral):
-            return
-    if not math.isfinite(cast(float, priority)):
-        # NaN compares false with everything (it would starve in the priority heap);
-        # an infinite rank defeats aging.
-        raise ValueError(f"'priority' must be a finite number, got {priority}")
 
 
 @final
@@ -636,7 +622,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         .. versionadded:: 0.1.0
         """
         if type(priority) is not int:  # an int is valid: no call (the per-item path)
-            _check_priority(priority)
+            check_priority(priority)
         engine = self._engine
         if engine.plain and engine.state is _OPEN:
             # engine.price(), admit(), queue() and wait() inline, for a scope with none of
@@ -795,7 +781,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         .. versionadded:: 0.2.0
         """
-        _check_priority(priority)
+        check_priority(priority)
         if not self._engine.streaming:
             raise TypeError(
                 f"stream() needs a streaming batch function (an async generator function); "

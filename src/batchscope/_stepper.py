@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 import statistics
 from collections.abc import Awaitable, Callable, MutableSequence, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
@@ -35,7 +34,7 @@ import anyio
 import anyio.lowlevel
 
 from ._continuous_values import ContinuousConfig, ContinuousRecorder
-from ._engine import ScopeState
+from ._durations import check_priority, checked_cost
 from ._exceptions import (
     BatchSizeMismatchError,
     NoActiveScopeError,
@@ -44,6 +43,7 @@ from ._exceptions import (
 )
 from ._hooks import HookRunner, RejectReason, StepFinished, StepStarted
 from ._items import ABANDONED, EXPIRED, POOLED, QUEUED, RUNNING, WITHDRAWN, Item
+from ._lifecycle import ScopeState
 from ._markers import End
 from ._pending import Limits, Pool
 from ._room import Room, wait_counted
@@ -209,6 +209,7 @@ class Stepper(Generic[In, Out]):
     ) -> tuple[RowItem[In, Out], MemoryObjectReceiveStream[Out]]:
         """Count a submit, price it, take room in the queue, queue it; its output channel."""
         await anyio.lowlevel.checkpoint_if_cancelled()
+        check_priority(priority)
         if self.state is not ScopeState.OPEN:
             raise self.closed_error()
         recorder = self.recorder
@@ -259,20 +260,10 @@ class Stepper(Generic[In, Out]):
 
     def _cost_of(self, value: In, cost_fn: Callable[[In], float]) -> float:
         try:
-            cost: object = cost_fn(value)
-        except Exception as exc:
+            return checked_cost(value, cost_fn)
+        except Exception:
             self._reject("bad_cost")
-            raise ValueError(
-                f"the 'cost' function raised {type(exc).__name__} for this item: {exc}"
-            ) from exc
-        if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
-            self._reject("bad_cost")
-            raise TypeError(f"the 'cost' function must return a number, got {type(cost).__name__}")
-        cost = float(cost)
-        if not math.isfinite(cost) or cost < 0:
-            self._reject("bad_cost")
-            raise ValueError(f"the 'cost' function must return a finite number >= 0, got {cost}")
-        return cost
+            raise
 
     # -- synchronous, from the callers' tasks ----------------------------------------------
 

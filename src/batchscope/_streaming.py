@@ -38,7 +38,7 @@ import anyio.lowlevel
 from ._batchinfo import reset, using
 from ._config import ScopeConfig
 from ._exceptions import BatchSizeMismatchError, CircuitOpenError
-from ._executor import count_results
+from ._executor import count_results, items_phrase
 from ._items import DONE, RUNNING, Item, StreamItem
 from ._markers import END, End
 
@@ -93,10 +93,6 @@ def check_options(config: ScopeConfig, collate: object) -> None:
                 f"'{name}' cannot be used with a streaming batch function (an async "
                 f"generator): its outputs are a stream, not one cacheable result"
             )
-
-
-def _items(count: int) -> str:
-    return f"{count} item" if count == 1 else f"{count} items"
 
 
 class StreamRunner(Generic[In, Out]):
@@ -164,7 +160,7 @@ class StreamRunner(Generic[In, Out]):
                 f"fn-raised:{type(error).__name__}",
                 "batchscope: the streaming batch function raised %s for a batch of %s",
                 type(error).__name__,
-                _items(len(live)),
+                items_phrase(len(live)),
             )
             self._executor.fail_all(live, error)
             return True
@@ -234,7 +230,7 @@ class StreamRunner(Generic[In, Out]):
                 items,
                 BatchSizeMismatchError(
                     f"a step of the streaming batch function yielded {count} "
-                    f"entr{'y' if count == 1 else 'ies'} for a batch of {_items(len(items))}"
+                    f"entr{'y' if count == 1 else 'ies'} for a batch of {items_phrase(len(items))}"
                 ),
             )
             return False

@@ -38,8 +38,9 @@ import anyio.to_thread
 import attrs
 from anyio import AsyncContextManagerMixin
 
-from ._durations import check_int, to_seconds
+from ._durations import check_int, positive_seconds
 from ._exceptions import BatchScopeError
+from ._lifecycle import ScopeState
 
 try:
     import ray
@@ -64,8 +65,6 @@ _ray: Any = ray
 _ACTOR_UNAVAILABLE: Any = getattr(ray.exceptions, "ActorUnavailableError", ())
 
 __all__ = ["RayPoolStatistics", "RayReplicaPool", "ReplicaUnavailableError"]
-
-_NEW, _OPEN, _CLOSED = "new", "open", "closed"
 
 
 class ReplicaUnavailableError(BatchScopeError):
@@ -314,9 +313,7 @@ class RayReplicaPool(AsyncContextManagerMixin):
         check_int("max_replica_retries", max_replica_retries, minimum=0)
         if not isinstance(method, str) or not method.isidentifier():  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"'method' must be a method name, got {method!r}")
-        start_timeout = to_seconds("replica_start_timeout", replica_start_timeout)
-        if start_timeout <= 0:
-            raise ValueError(f"'replica_start_timeout' must be > 0, got {replica_start_timeout!r}")
+        start_timeout = positive_seconds("replica_start_timeout", replica_start_timeout)
         self._num_replicas = num_replicas
         self._per_replica = per_replica
         self._max_retries = max_replica_retries
@@ -328,7 +325,7 @@ class RayReplicaPool(AsyncContextManagerMixin):
         self._init_kwargs = {}
         self._actor_options = {}
         self._replicas: list[_Replica] = []
-        self._state = _NEW
+        self._state = ScopeState.NEW
         self._changed: anyio.Event | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._rotation = 0
@@ -337,7 +334,7 @@ class RayReplicaPool(AsyncContextManagerMixin):
         )
 
     def __repr__(self) -> str:
-        return f"<RayReplicaPool {self._num_replicas} replicas, {self._state}>"
+        return f"<RayReplicaPool {self._num_replicas} replicas, {self._state.value}>"
 
     @property
     def capacity(self) -> int:
@@ -375,7 +372,7 @@ class RayReplicaPool(AsyncContextManagerMixin):
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[RayReplicaPool, None]:
-        if self._state is not _NEW:
+        if self._state is not ScopeState.NEW:
             raise RuntimeError("a RayReplicaPool can be opened only once; create a new one")
         if not ray.is_initialized():
             raise RuntimeError(
@@ -397,10 +394,10 @@ class RayReplicaPool(AsyncContextManagerMixin):
             ]
             for replica in self._replicas:
                 await self._ensure_started(replica, replica.handle)
-            self._state = _OPEN
+            self._state = ScopeState.OPEN
             yield self
         finally:
-            self._state = _CLOSED
+            self._state = ScopeState.CLOSED
             if self._handles is None:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                     await anyio.to_thread.run_sync(self._kill, self.handles, abandon_on_cancel=True)
@@ -459,9 +456,9 @@ class RayReplicaPool(AsyncContextManagerMixin):
 
         .. versionadded:: 0.1.0
         """
-        if self._state is not _OPEN:
+        if self._state is not ScopeState.OPEN:
             raise RuntimeError(
-                f"the RayReplicaPool is {self._state}: use it inside `async with pool:`"
+                f"the RayReplicaPool is {self._state.value}: use it inside `async with pool:`"
             )
         avoid: set[int] = set()
         failures = 0
@@ -579,7 +576,7 @@ class RayReplicaPool(AsyncContextManagerMixin):
                 self._notify()
                 if self._handles is None:
                     self._kill([handle])
-            if self._state is _NEW:
+            if self._state is ScopeState.NEW:
                 why = (
                     f"did not start within {self._start_timeout:g} s (does the cluster "
                     f"have the resources in actor_options, is it still up?)"

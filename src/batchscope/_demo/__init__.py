@@ -40,6 +40,7 @@ __all__ = [
     "format_table",
     "legend",
     "percentile",
+    "ratio",
     "request_lengths",
     "requests",
     "run_demo",
@@ -272,7 +273,8 @@ _POLICY_TEXT: Mapping[Mode, str] = MappingProxyType(
 )
 
 
-def _ratio(value: float, base: float) -> str:
+def ratio(value: float, base: float) -> str:
+    """*value* over *base* as ``"1.23x"`` (``"-"`` when either is not finite, or base is 0)."""
     if not (math.isfinite(value) and math.isfinite(base)) or base == 0:
         return "-"
     return f"{value / base:.2f}x"
@@ -304,10 +306,10 @@ def table_rows(results: Sequence[DemoResult]) -> list[tuple[str, ...]]:
         (
             r.label,
             f"{r.throughput:,.0f}",
-            "-" if base is None else _ratio(r.throughput, base.throughput),
+            "-" if base is None else ratio(r.throughput, base.throughput),
             f"{r.p50_ms:,.1f}",
             f"{r.p99_ms:,.1f}",
-            "-" if base is None else _ratio(r.p99_ms, base.p99_ms),
+            "-" if base is None else ratio(r.p99_ms, base.p99_ms),
             f"{r.mean_batch_size:.1f}",
             f"{r.padding_efficiency:.0%}",
             _reasons(r),
@@ -323,14 +325,14 @@ def summary(results: Sequence[DemoResult]) -> list[str]:
     length, fifo, base = by_mode.get("length"), by_mode.get("fifo"), by_mode.get("unbatched")
     if length is not None and fifo is not None:
         lines.append(
-            f"length bucketing vs FIFO batching: {_ratio(length.throughput, fifo.throughput)} "
+            f"length bucketing vs FIFO batching: {ratio(length.throughput, fifo.throughput)} "
             f"the throughput, padding efficiency {length.padding_efficiency:.0%} vs "
-            f"{fifo.padding_efficiency:.0%}, p99 latency {_ratio(length.p99_ms, fifo.p99_ms)}"
+            f"{fifo.padding_efficiency:.0%}, p99 latency {ratio(length.p99_ms, fifo.p99_ms)}"
         )
     if base is not None:
         lines.extend(
-            f"{r.label} vs unbatched: {_ratio(r.throughput, base.throughput)} the throughput, "
-            f"p99 latency {_ratio(r.p99_ms, base.p99_ms)}"
+            f"{r.label} vs unbatched: {ratio(r.throughput, base.throughput)} the throughput, "
+            f"p99 latency {ratio(r.p99_ms, base.p99_ms)}"
             for r in results
             if r is not base
         )

@@ -33,6 +33,7 @@ from .. import Row  # the public name: the demo stays off the engine layers
 from .._continuous import ContinuousScope
 from .._markers import END, End
 from .._scope import BatchScope
+from . import percentile, ratio
 
 __all__ = [
     "GENERATE_MODES",
@@ -107,13 +108,6 @@ def output_lengths(config: GenerateConfig) -> list[int]:
     ]
 
 
-def _percentile(samples: Sequence[float], q: float) -> float:
-    if not samples:
-        return math.nan
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
 async def _clients(
     lengths: Sequence[int], clients: int, stream: Callable[[int], AsyncIterator[int]]
 ) -> tuple[float, list[float], int]:
@@ -182,8 +176,8 @@ def _result(
         mode=mode,
         seconds=seconds,
         throughput=outputs / seconds if seconds > 0 else math.inf,
-        ttft_p50_ms=_percentile(ttfts, 0.50) * 1000,
-        ttft_p99_ms=_percentile(ttfts, 0.99) * 1000,
+        ttft_p50_ms=percentile(ttfts, 0.50) * 1000,
+        ttft_p99_ms=percentile(ttfts, 0.99) * 1000,
         steps=steps,
         mean_rows_per_step=mean_rows,
         ttfts=tuple(ttfts),
@@ -219,12 +213,6 @@ def format_generate_header(config: GenerateConfig, backend: str) -> str:
     )
 
 
-def _ratio(value: float, base: float) -> str:
-    if not (math.isfinite(value) and math.isfinite(base)) or base == 0:
-        return "-"
-    return f"{value / base:.2f}x"
-
-
 _COLUMNS = ("mode", "outputs/s", "vs static", "TTFT p50 ms", "TTFT p99 ms", "steps", "rows/step")
 
 
@@ -235,7 +223,7 @@ def format_generate_table(results: Sequence[GenerateResult]) -> str:
         (
             r.label,
             f"{r.throughput:,.0f}",
-            _ratio(r.throughput, base.throughput),
+            ratio(r.throughput, base.throughput),
             f"{r.ttft_p50_ms:,.1f}",
             f"{r.ttft_p99_ms:,.1f}",
             f"{r.steps:,}",
@@ -254,9 +242,9 @@ def format_generate_table(results: Sequence[GenerateResult]) -> str:
     by_mode = {r.mode: r for r in results}
     static, continuous = by_mode.get("static"), by_mode.get("continuous")
     if static is not None and continuous is not None:
-        throughput = _ratio(continuous.throughput, static.throughput)
-        p50 = _ratio(static.ttft_p50_ms, continuous.ttft_p50_ms)
-        p99 = _ratio(static.ttft_p99_ms, continuous.ttft_p99_ms)
+        throughput = ratio(continuous.throughput, static.throughput)
+        p50 = ratio(static.ttft_p50_ms, continuous.ttft_p50_ms)
+        p99 = ratio(static.ttft_p99_ms, continuous.ttft_p99_ms)
         lines += [
             "",
             f"continuous vs static batching: {throughput} the throughput; time to first "

@@ -228,7 +228,7 @@ class MiniLMModel(DemoModel):
         except ImportError as exc:
             raise MissingDependencyError(minilm_hint(exc.name or str(exc))) from None
         # One device is one core: torch's thread pool would fight the event loop (and, on
-        # a small shared machine, itself: 2 threads ran 10x slower than 1 here).
+        # a small shared machine, itself: see docs/benchmarks.md, "Real model (g)").
         importlib.import_module("torch").set_num_threads(1)
         self._model: Any = sentence_transformers.SentenceTransformer(
             str(weights.get_model_path()), device="cpu"

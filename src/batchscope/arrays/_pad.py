@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast, final, overload
 import anyio.lowlevel
 import attrs
 
-from .._durations import check_int, to_seconds
+from .._durations import check_int, positive_int, positive_seconds
 from . import _namespace as ns
 from ._layout import (
     Layout,
@@ -133,10 +133,6 @@ def _optional_positive(_: Any, attribute: attrs.Attribute[Any], value: object) -
         check_int(attribute.name, value, minimum=1)
 
 
-def _positive(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    check_int(attribute.name, value, minimum=1)
-
-
 def _batch_sizes(value: object) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -154,10 +150,7 @@ def _batch_sizes(value: object) -> tuple[int, ...] | None:
 
 
 def _poll_interval(value: float) -> float:
-    seconds = to_seconds("poll_interval", value)
-    if seconds <= 0:
-        raise ValueError(f"'poll_interval' must be > 0, got {value!r}")
-    return seconds
+    return positive_seconds("poll_interval", value)
 
 
 def _bool(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -185,7 +178,7 @@ class PadOptions:
     results_device: ResultsDevice = attrs.field(default="items", validator=_one_of("items", "fn"))
     wait: CudaWait = attrs.field(default="thread", validator=_one_of("thread", "poll"))
     poll_interval: float = attrs.field(default=0.0002, converter=_poll_interval)
-    max_staging_buffers: int = attrs.field(default=4, validator=_positive)
+    max_staging_buffers: int = attrs.field(default=4, validator=positive_int)
 
 
 @final
