@@ -397,6 +397,93 @@ async def test_full_queue_rejects_and_says_when_to_retry() -> None:
 
 
 @pytest.mark.virtual_time
+async def test_full_queue_makes_submitters_wait_for_room() -> None:
+    """on_full='wait': a submit finding the queue full waits (admitting) until an item joins."""
+    gen = Generator()
+    async with (
+        bs.ContinuousScope(gen, max_active=1, max_queue_size=1) as scope,
+        anyio.create_task_group() as tg,
+    ):
+        results: dict[int, list[str]] = {}
+
+        async def run(n: int) -> None:
+            results[n] = await scope.submit(n)
+
+        for n in (2, 1, 3):  # 2 joins; 1 fills the queue; 3 waits for room
+            tg.start_soon(run, n)
+            await anyio.wait_all_tasks_blocked()
+        stats = scope.statistics()
+        assert (stats.active, stats.pending, stats.admitting) == (1, 1, 1)
+        check_invariant(stats)
+        await anyio.sleep(3.5)  # 2 ended at t=3, 1 joined: 3 took its place in the queue
+        stats = scope.statistics()
+        assert (stats.active, stats.pending, stats.admitting) == (1, 1, 0)
+    assert results == {n: expected(n) for n in (2, 1, 3)}
+    assert gen.steps == [[2]] * 3 + [[1]] * 2 + [[3]] * 4
+
+
+@pytest.mark.virtual_time
+async def test_closing_refuses_submitters_waiting_for_room() -> None:
+    """A submit still waiting for room in the queue when the scope closes: ScopeClosedError."""
+    gen = Generator()
+    refused: list[BaseException] = []
+    async with (
+        anyio.create_task_group() as tg,
+        bs.ContinuousScope(gen, max_active=1, max_queue_size=1) as scope,
+    ):
+        tg.start_soon(scope.submit, 2)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(scope.submit, 1)
+        await anyio.wait_all_tasks_blocked()
+
+        async def late() -> None:
+            with pytest.raises(bs.ScopeClosedError, match="closed") as info:
+                await scope.submit(3)
+            refused.append(info.value)
+
+        tg.start_soon(late)
+        await anyio.wait_all_tasks_blocked()
+        assert scope.statistics().admitting == 1
+        scope.close()
+        await anyio.wait_all_tasks_blocked()
+        assert len(refused) == 1
+    assert all(3 not in step for step in gen.steps)
+    stats = scope.statistics()
+    assert (stats.completed, stats.rejected, stats.admitting) == (2, 1, 0)
+    check_invariant(stats)
+
+
+@pytest.mark.virtual_time
+async def test_body_raising_fails_every_row_and_stops_the_steps() -> None:
+    """The block raises: waiting and active rows fail with ScopeClosedError, no step after."""
+    gen = Generator()
+    outcomes: dict[int, BaseException] = {}
+
+    async def run(scope: bs.ContinuousScope[int, str], n: int) -> None:
+        try:
+            await scope.submit(n)
+        except bs.ScopeClosedError as exc:
+            outcomes[n] = exc
+
+    async with anyio.create_task_group() as tg:
+        with pytest.raises(LookupError, match="the body"):
+            async with bs.ContinuousScope(gen, max_active=1) as scope:
+                tg.start_soon(run, scope, 10)  # active
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(run, scope, 1)  # waiting to join
+                await anyio.sleep(1.5)
+                raise LookupError("the body")
+    steps = len(gen.steps)
+    await anyio.sleep(5)
+    assert len(gen.steps) == steps == 2
+    assert sorted(outcomes) == [1, 10]
+    assert all(isinstance(exc.__cause__, LookupError) for exc in outcomes.values())
+    stats = scope.statistics()
+    assert (stats.failed, stats.active, stats.pending) == (2, 0, 0)
+    check_invariant(stats)
+
+
+@pytest.mark.virtual_time
 async def test_cost_budget_bounds_active_rows() -> None:
     """max_active_cost bounds the active rows' total cost; the next in line waits for room."""
     gen = Generator()
