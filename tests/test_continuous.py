@@ -163,6 +163,58 @@ async def test_caller_deadline_passed_before_joining_withdraws_it() -> None:
 
 
 @pytest.mark.virtual_time
+async def test_caller_who_cannot_see_a_first_output_in_time_takes_no_place() -> None:
+    """A caller whose deadline comes before one step could end does not join; the next does."""
+    gen = Generator()
+    async with bs.ContinuousScope(gen, max_active=2) as scope, anyio.create_task_group() as tg:
+        tg.start_soon(scope.submit, 10)  # steps at t=0, 1, 2, ...: one second each
+        await anyio.sleep(2.5)
+
+        async def hurried() -> None:
+            with anyio.move_on_after(0.8):  # gives up at 3.3: a step joined at 3 ends at 4
+                await scope.submit(5)
+
+        tg.start_soon(hurried)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(scope.submit, 2)  # behind it in the queue, no deadline
+    assert all(5 not in step for step in gen.steps)
+    assert gen.steps[3] == [10, 2]  # took the free place at t=3
+    assert gen.times[3] == 3.0
+    stats = scope.statistics()
+    assert (stats.completed, stats.cancelled, stats.rows_abandoned) == (2, 1, 0)
+    check_invariant(stats)
+
+
+@pytest.mark.virtual_time
+async def test_caller_whose_deadline_moved_joins_once_it_has_passed() -> None:
+    """A caller still there after the deadline its item was queued with joins: nobody hangs."""
+    gen = Generator()
+    async with bs.ContinuousScope(gen, max_active=2) as scope, anyio.create_task_group() as tg:
+        tg.start_soon(scope.submit, 10)
+        await anyio.sleep(2.5)
+        results: list[list[str]] = []
+
+        async def patient() -> None:
+            with anyio.CancelScope(deadline=anyio.current_time() + 0.8) as cancel_scope:
+                tg.start_soon(move_deadline, cancel_scope)
+                results.append(await scope.submit(3))
+
+        async def move_deadline(cancel_scope: anyio.CancelScope) -> None:
+            await anyio.sleep(0.2)
+            cancel_scope.deadline = math.inf  # after its item was queued with 3.3
+
+        tg.start_soon(patient)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(scope.submit, 2)
+    assert results == [expected(3)]
+    assert gen.steps[3] == [10, 2]  # 3 was set aside at t=3 (deadline 3.3 < 3 + 1)
+    # 3 was set aside at t=3 (its deadline 3.3 < 3 + one step), back once 3.3 had passed,
+    # and joined at the first free place.
+    assert gen.steps[3:7] == [[10, 2], [10, 2], [10, 2], [10, 3]]
+    assert gen.times[6] == 6.0
+
+
+@pytest.mark.virtual_time
 async def test_break_frees_the_row_and_no_step_after_last_caller_left() -> None:
     """Breaking out of async for ends the row before the next step; then no step runs."""
     gen = Generator()

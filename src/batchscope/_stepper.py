@@ -12,8 +12,10 @@ ended or whose caller left. A row's life, as its :class:`RowItem` state::
        │        │  └─► HELD ─┘                    (next in line, waiting for cost budget)
        └────────┴─────────────────► WITHDRAWN     (its caller left before joining)
 
-(EXPIRED, as in ``_pending``: set aside by the pool because its caller's deadline passed;
-withdrawn by that caller's cancellation, or back in the pool a round later.)
+(EXPIRED, as in ``_pending``: set aside by the pool because its caller cannot see even its
+first output in time, its deadline being past or nearer than the step time recent steps
+confirm; withdrawn by that caller's cancellation, or back in the pool a round later: with
+no deadline once it has passed, as its caller is still there.)
 
 Each row's outputs go to its caller through a bounded memory-object channel of its own.
 A row whose buffer is full sits out the steps (it keeps its place and state) until its
@@ -27,6 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableSequence, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
 
@@ -61,6 +64,8 @@ Out = TypeVar("Out")
 HELD = 8
 #: Join waits a full queue's ``retry_after`` is the median of (the most recent ones).
 JOIN_ESTIMATE_SAMPLES = 16
+#: Step times the joining judges deadlines by: the least of the last ones (0 until timed).
+CONFIRMING_STEPS = 2
 
 
 @final
@@ -170,6 +175,8 @@ class Stepper(Generic[In, Out]):
         self._parked = False
         self._woken = False
         self._joined = 0
+        #: The run times of the last steps (the least is the step time they confirm).
+        self._step_times: deque[float] = deque(maxlen=CONFIRMING_STEPS)
 
     def open(self) -> None:
         """Make the room in the queue and the channel (the scope is opening)."""
@@ -317,9 +324,11 @@ class Stepper(Generic[In, Out]):
             token: RowItem[In, Out] | None = None
             try:
                 if self.expired:
-                    # Their callers' deadlines passed: give the cancellations a moment
-                    # to withdraw them, then put back whoever is still there.
-                    with anyio.move_on_after(0.001):
+                    # Their callers cannot be served in time: give the cancellations
+                    # until the soonest deadline (and a moment) to withdraw them, then
+                    # put back whoever is still there.
+                    soonest = min(item.deadline for item in self.expired)
+                    with anyio.move_on_after(max(0.001, soonest - anyio.current_time())):
                         token = await receive.receive()
                 else:
                     token = await receive.receive()
@@ -348,12 +357,17 @@ class Stepper(Generic[In, Out]):
             self.pool.add(item)
 
     def _reinstate(self) -> None:
-        """Put back expired items whose callers are still there (their deadline moved)."""
+        """
+        Put back expired items whose callers are still there: with no deadline once it
+        has passed (it was moved), else with it (judged again: the steps may be faster).
+        """
         if self.expired:
             expired, self.expired = self.expired, []
+            now = anyio.current_time()
             for item in expired:
                 if item.state == EXPIRED:
-                    item.deadline = math.inf
+                    if item.deadline <= now:
+                        item.deadline = math.inf
                     self.pool.add(item)
 
     def _round(self) -> None:
@@ -367,6 +381,10 @@ class Stepper(Generic[In, Out]):
         free = config.max_active - len(active)
         now = anyio.current_time()
         pool = self.pool
+        times = self._step_times
+        # A caller whose deadline comes before one step could give it its first output
+        # takes no place while others wait (``PoolBase._fill``): 0 until two steps ran.
+        confirmed = min(times) if len(times) == CONFIRMING_STEPS else 0.0
         while free > 0:
             held = self.held
             if held is not None:
@@ -380,7 +398,12 @@ class Stepper(Generic[In, Out]):
                 return
             remaining = None if budget is None else budget - self.active_cost
             limits = Limits(
-                max_batch_size=free, wait=0.0, max_batch_cost=remaining, padded=False, runtime=0.0
+                max_batch_size=free,
+                wait=0.0,
+                max_batch_cost=remaining,
+                padded=False,
+                runtime=0.0,
+                confirmed=confirmed,
             )
             taken = pool.take(now, limits, False)
             if pool.expired:
@@ -472,11 +495,13 @@ class Stepper(Generic[In, Out]):
         recorder.stepped_rows += len(items)
         recorder.sizes[len(items)] += 1
         rows = [item.row for item in items]
+        begun = anyio.current_time()
         try:
             outputs = cast(object, await self.step(rows))  # type: ignore[arg-type]
         except Exception as exc:
             self._advance(rows)
             return True, exc
+        self._step_times.append(anyio.current_time() - begun)
         self._advance(rows)
         return False, outputs
 
