@@ -280,3 +280,55 @@ async def test_paused_scope_forms_no_batch_ahead() -> None:
         held = scope.statistics()
         assert (held.pending, held.running) == (2, 0)
     assert calls == [[0, 1], [2, 3]]
+
+
+async def _deadline_judged_at_start(delay: float) -> tuple[Recorder, dict[int, str]]:
+    fn = Recorder(delay)
+    outcome: dict[int, str] = {}
+
+    async def patient(value: int, patience: float) -> None:
+        try:
+            with anyio.fail_after(patience):
+                await scope.submit(value)
+        except TimeoutError:
+            outcome[value] = "timed out"
+        else:
+            outcome[value] = "served"
+
+    async with bs.BatchScope(fn, max_batch_size=2, max_wait=0) as scope:
+        for value in (100, 101):  # two timed batches: the run time is confirmed
+            assert await scope.submit(value) == value
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(patient, 0, 10 * delay)  # runs now, alone
+            await anyio.sleep(delay / 100)
+            # The slot is busy for about `delay`: a full batch is formed ahead, to start
+            # when it frees. Caller 1 cannot be served by a batch starting then.
+            tg.start_soon(patient, 1, 1.5 * delay)
+            await anyio.sleep(delay / 100)
+            tg.start_soon(patient, 2, 10 * delay)
+            tg.start_soon(patient, 3, 10 * delay)
+    return fn, outcome
+
+
+@pytest.mark.virtual_time
+async def test_a_batch_formed_ahead_judges_deadlines_from_its_start() -> None:
+    """
+    A caller whose deadline falls before a batch formed ahead could end (it starts when
+    the running batch ends) is not put in it: fn never computes an item its caller will
+    have left (before: formed with it, the batch ran for a caller already gone).
+    """
+    fn, outcome = await _deadline_judged_at_start(1.0)
+    assert outcome == {0: "served", 1: "timed out", 2: "served", 3: "served"}
+    assert all(1 not in batch for batch in fn.batches), fn.batches
+    assert sorted(fn.batches[3]) == [2, 3]
+
+
+@pytest.mark.realclock
+async def test_a_batch_formed_ahead_judges_deadlines_from_its_start_real_clock(
+    cpu_hog: Any,
+) -> None:
+    """The same on a real loop under a CPU hog: outcomes only."""
+    fn, outcome = await _deadline_judged_at_start(0.5)
+    assert outcome[0] == outcome[2] == outcome[3] == "served"
+    assert outcome[1] == "timed out"
+    assert all(1 not in batch for batch in fn.batches), fn.batches

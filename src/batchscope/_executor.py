@@ -148,6 +148,7 @@ class Batch(Generic[In, Out]):
 
     __slots__ = (
         "calling",
+        "began",
         "cancel_scope",
         "failed",
         "items",
@@ -172,6 +173,8 @@ class Batch(Generic[In, Out]):
         self.cancel_scope: anyio.CancelScope | None = None
         #: The items of the call of fn running now (their outcomes are still to come).
         self.calling: list[Item[In, Out]] | None = None
+        #: When it started (None while it waits, formed ahead).
+        self.began: float | None = None
 
 
 class Executor(Generic[In, Out]):

@@ -398,6 +398,12 @@ class Scheduler(Generic[In, Out]):
                 )
                 if preform and limits is not None and self._full(limits):
                     now = engine.clock()
+                    if limits.confirmed:
+                        # It starts when a running batch ends, not now: its callers'
+                        # deadlines are judged from then.
+                        limits = attrs.evolve(
+                            limits, confirmed=limits.confirmed + self._until_slot_frees(now)
+                        )
                     taken = self._take(now, limits, draining)
                     if taken is not None:
                         slots.hold(self._form(taken[0], taken[1], now))
@@ -542,6 +548,18 @@ class Scheduler(Generic[In, Out]):
                 if item.deadline >= now + confirmed:
                     del limbo[item]
                     self.pool.add(item)
+
+    def _until_slot_frees(self, now: float) -> float:
+        """
+        How long until the first running batch ends, by the run time recent batches
+        confirm (0.0 if one is overdue): when a batch formed ahead now would start.
+        """
+        model = self.model
+        ends = math.inf
+        for batch in self._executor.running:
+            if batch.began is not None:
+                ends = min(ends, batch.began + model.confirmed(batch.load))
+        return max(0.0, ends - now) if ends != math.inf else 0.0
 
     def _full(self, limits: Limits) -> bool:
         """Whether the pool holds at least a full batch (by size, or by cost)."""

@@ -121,6 +121,7 @@ class Slots(Generic[In, Out]):
         recorder = engine.recorder
         items = batch.items
         size = len(items)
+        batch.began = now
         if not recorder.in_flight:
             recorder.busy_since = now  # busy from now (busy_seconds, busy_fraction)
         recorder.in_flight += 1
