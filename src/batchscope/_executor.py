@@ -147,8 +147,8 @@ class Batch(Generic[In, Out]):
     """One dispatched batch: its items and what is needed to cancel it."""
 
     __slots__ = (
-        "calling",
         "began",
+        "calling",
         "cancel_scope",
         "failed",
         "items",
