@@ -163,23 +163,36 @@ def test_the_engine_does_not_import_the_facade() -> None:
 
 
 def _body(function: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
-    """A module-level function's parameters and body, its name and docstring left out."""
+    """A function's parameters and body, its name and docstring left out."""
     body = function.body
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
         body = body[1:]
     return ast.dump(function.args) + "".join(ast.dump(statement) for statement in body)
 
 
+#: Classes whose methods count too: the two engines (a scope's, a continuous scope's)
+#: keep failure, refuse callers and wait for room alike, through ``_lifecycle``.
+ENGINES = {("_engine", "Engine"), ("_stepper", "Stepper")}
+
+
 def test_no_function_is_written_twice() -> None:
     """
-    No two module-level functions of the package are copies (validators such as a
-    positive int or a choice among an option's literals live once, in ``_durations``).
+    No two module-level functions of the package, or methods of its two engines, are
+    copies (validators such as a positive int or a choice among an option's literals
+    live once, in ``_durations``; what both engines do as they fail or refuse, in
+    ``_lifecycle``).
     """
     seen: dict[str, list[str]] = {}
     for path in _sources():
+        module = _module_of(path)
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                seen.setdefault(_body(node), []).append(f"{_module_of(path)}.{node.name}")
+                seen.setdefault(_body(node), []).append(f"{module}.{node.name}")
+            elif isinstance(node, ast.ClassDef) and (module, node.name) in ENGINES:
+                for method in node.body:
+                    if isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        name = f"{module}.{node.name}.{method.name}"
+                        seen.setdefault(_body(method), []).append(name)
     copies = [names for names in seen.values() if len(names) > 1]
     assert not copies, f"copies of one function: {copies}"
 

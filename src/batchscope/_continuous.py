@@ -22,7 +22,7 @@ from ._bucketing import LengthPool
 from ._config import OnFull, Policy
 from ._continuous_values import ContinuousConfig, ContinuousStatistics
 from ._hooks import Hooks, RateLimitedLog, hook_runner
-from ._lifecycle import ScopeState
+from ._lifecycle import ScopeState, closed_error, kept_failure
 from ._pending import FifoPool, Pool, PriorityPool
 from ._stepper import RowItem, StepFunction, Stepper
 
@@ -184,17 +184,17 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
         try:
             await stepper.run()
         except BaseException as exc:
-            stepper.note_crash(exc)
+            stepper.failure = kept_failure(stepper.failure, exc)
             self.close()
-            stepper.fail_all(stepper.closed_error())
+            stepper.fail_all(closed_error(stepper.describe(), stepper.failure))
             raise
 
     def _abort(self, exc: BaseException) -> None:
         """The body failed or was cancelled: fail every row, stop the stepper."""
         stepper = self._stepper
-        stepper.note_crash(exc)
+        stepper.failure = kept_failure(stepper.failure, exc)
         self.close()
-        stepper.fail_all(stepper.closed_error())
+        stepper.fail_all(closed_error(stepper.describe(), stepper.failure))
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
 

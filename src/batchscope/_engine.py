@@ -30,13 +30,7 @@ from ._adaptive import BatchSizer
 from ._admission import drain_time, judge
 from ._config import ScopeConfig
 from ._durations import checked_cost
-from ._exceptions import (
-    CircuitOpenError,
-    ItemTooLargeError,
-    NoActiveScopeError,
-    QueueFullError,
-    ScopeClosedError,
-)
+from ._exceptions import CircuitOpenError, ItemTooLargeError, ScopeClosedError
 from ._hooks import HookRunner, RateLimitedLog, RejectReason
 from ._items import (
     ABANDONED,
@@ -51,9 +45,16 @@ from ._items import (
     Item,
     WaitedItem,
 )
-from ._lifecycle import ScopeState
+from ._lifecycle import (
+    ScopeState,
+    closed_error,
+    kept_failure,
+    not_open_error,
+    reject,
+    wait_or_refuse,
+)
 from ._resilience import BreakerState, TokenBucket
-from ._room import Room, wait_counted
+from ._room import Room
 from ._statistics import Recorder
 
 if TYPE_CHECKING:
@@ -157,17 +158,11 @@ class Engine(Generic[In, Out]):
 
     def note_crash(self, exc: BaseException) -> None:
         """Remember the first failure that is not a cancellation."""
-        if self.failure is None and not isinstance(exc, anyio.get_cancelled_exc_class()):
-            self.failure = exc
+        self.failure = kept_failure(self.failure, exc)
 
     def closed_error(self) -> ScopeClosedError:
         """The error for callers of a closed (or failed) scope."""
-        failure = self.failure
-        if failure is None:
-            return ScopeClosedError(f"{self.describe()} is closed: it takes no more items")
-        error = ScopeClosedError(f"{self.describe()} failed: {type(failure).__name__}: {failure}")
-        error.__cause__ = failure
-        return error
+        return closed_error(self.describe(), self.failure)
 
     def fail_waiting(self) -> None:
         """End every queued or pooled item with ScopeClosedError."""
@@ -177,12 +172,7 @@ class Engine(Generic[In, Out]):
 
     def closed_now(self) -> Exception:
         """The error for a submit that finds the scope not open (or never opened)."""
-        if self.state is ScopeState.NEW:
-            return NoActiveScopeError(
-                f"{self.describe()} is not open: use 'async with BatchScope(fn) as scope:' "
-                f"and submit inside the block"
-            )
-        return self.closed_error()
+        return not_open_error(self.state, self.describe(), self.failure, "BatchScope(fn)")
 
     def cost_of(self, value: In, cost_fn: Callable[[In], float]) -> float:
         """The item's cost by *cost_fn*, checked; raises for this item."""
@@ -257,26 +247,11 @@ class Engine(Generic[In, Out]):
 
     async def wait_for_room(self, cost: float = 1.0) -> None:
         """The queue is full: reject, or wait for room (``on_full``)."""
-        if self.config.on_full == "reject":
-            self.reject("queue_full")
-            retry_after = drain_time(self, cost)
-            raise QueueFullError(
-                f"the queue of {self.describe()} holds max_queue_size="
-                f"{self.config.max_queue_size} pending items: retry after "
-                f"{retry_after:.3f} s",
-                retry_after,
-            )
-        await wait_counted(self.room, self.recorder, self.hooks)
-        if self.state is not ScopeState.OPEN:
-            self.room.release()  # pass the wake-up on to the next waiter
-            self.reject("closed")
-            raise self.closed_now()
+        await wait_or_refuse(self, lambda: drain_time(self, cost), "pending")
 
     def reject(self, reason: RejectReason) -> None:
         """Count a refused submit and tell the hooks why."""
-        self.recorder.rejected += 1
-        if self.hooks is not None:
-            self.hooks.call("item_rejected", reason)
+        reject(self.recorder, self.hooks, reason)
 
     def queue(self, item: Item[In, Out]) -> None:
         """

@@ -23,10 +23,14 @@ __all__ = ["AdmissionCounts", "Room", "wait_counted"]
 
 
 class AdmissionCounts(Protocol):
-    """The counters a wait for room moves (a scope's and a continuous scope's recorder)."""
+    """
+    The counters a wait for room, or a refusal, moves (a scope's and a continuous
+    scope's recorder).
+    """
 
     admitting: int
     cancelled: int
+    rejected: int
 
 
 async def wait_counted(room: Room, recorder: AdmissionCounts, hooks: HookRunner | None) -> None:

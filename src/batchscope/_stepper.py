@@ -38,18 +38,13 @@ import anyio.lowlevel
 
 from ._continuous_values import ContinuousConfig, ContinuousRecorder
 from ._durations import check_priority, checked_cost
-from ._exceptions import (
-    BatchSizeMismatchError,
-    NoActiveScopeError,
-    QueueFullError,
-    ScopeClosedError,
-)
-from ._hooks import HookRunner, RejectReason, StepFinished, StepStarted
+from ._exceptions import BatchSizeMismatchError
+from ._hooks import HookRunner, StepFinished, StepStarted
 from ._items import ABANDONED, EXPIRED, POOLED, QUEUED, RUNNING, WITHDRAWN, Item
-from ._lifecycle import ScopeState
+from ._lifecycle import ScopeState, not_open_error, reject, wait_or_refuse
 from ._markers import End
 from ._pending import Limits, Pool
-from ._room import Room, wait_counted
+from ._room import Room
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -190,24 +185,9 @@ class Stepper(Generic[In, Out]):
         """How messages name the scope: ``<ContinuousScope step state>``."""
         return f"<ContinuousScope {self.name} {self.state.value}>"
 
-    def note_crash(self, exc: BaseException) -> None:
-        """Remember the first failure that is not a cancellation."""
-        if self.failure is None and not isinstance(exc, anyio.get_cancelled_exc_class()):
-            self.failure = exc
-
-    def closed_error(self) -> Exception:
+    def closed_now(self) -> Exception:
         """The error for callers of a closed (or failed, or never opened) scope."""
-        if self.state is ScopeState.NEW:
-            return NoActiveScopeError(
-                f"{self.describe()} is not open: use 'async with ContinuousScope(step) as "
-                f"scope:' and submit inside the block"
-            )
-        failure = self.failure
-        if failure is None:
-            return ScopeClosedError(f"{self.describe()} is closed: it takes no more items")
-        error = ScopeClosedError(f"{self.describe()} failed: {type(failure).__name__}: {failure}")
-        error.__cause__ = failure
-        return error
+        return not_open_error(self.state, self.describe(), self.failure, "ContinuousScope(step)")
 
     # -- the callers' side ---------------------------------------------------------------
 
@@ -218,12 +198,12 @@ class Stepper(Generic[In, Out]):
         await anyio.lowlevel.checkpoint_if_cancelled()
         check_priority(priority)
         if self.state is not ScopeState.OPEN:
-            raise self.closed_error()
+            raise self.closed_now()
         recorder = self.recorder
         recorder.submitted += 1
         cost = 1.0 if self.config.cost is None else self._cost_of(value, self.config.cost)
         if not self.room.take_nowait():
-            await self._wait_for_room()
+            await wait_or_refuse(self, self._join_estimate, "waiting")
         send, receive = anyio.create_memory_object_stream[Out](self.config.max_buffered)
         item = RowItem(
             value, priority, cost, anyio.current_time(), anyio.current_effective_deadline(), send
@@ -231,23 +211,6 @@ class Stepper(Generic[In, Out]):
         recorder.pending += 1
         self.send.send_nowait(item)
         return item, receive
-
-    async def _wait_for_room(self) -> None:
-        """The queue is full: reject, or wait for room (``on_full``)."""
-        if self.config.on_full == "reject":
-            self._reject("queue_full")
-            retry_after = self._join_estimate()
-            raise QueueFullError(
-                f"the queue of {self.describe()} holds max_queue_size="
-                f"{self.config.max_queue_size} waiting items: retry after "
-                f"{retry_after:.3f} s",
-                retry_after,
-            )
-        await wait_counted(self.room, self.recorder, self.hooks)
-        if self.state is not ScopeState.OPEN:
-            self.room.release()  # pass the wake-up on to the next waiter
-            self._reject("closed")
-            raise self.closed_error()
 
     def _join_estimate(self) -> float:
         """
@@ -259,17 +222,11 @@ class Stepper(Generic[In, Out]):
             return 0.0
         return statistics.median_high(itertools.islice(reversed(waits), JOIN_ESTIMATE_SAMPLES))
 
-    def _reject(self, reason: RejectReason) -> None:
-        """Count a refused submit and tell the hooks why."""
-        self.recorder.rejected += 1
-        if self.hooks is not None:
-            self.hooks.call("item_rejected", reason)
-
     def _cost_of(self, value: In, cost_fn: Callable[[In], float]) -> float:
         try:
             return checked_cost(value, cost_fn)
         except Exception:
-            self._reject("bad_cost")
+            reject(self.recorder, self.hooks, "bad_cost")
             raise
 
     # -- synchronous, from the callers' tasks ----------------------------------------------
