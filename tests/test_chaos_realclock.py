@@ -424,7 +424,10 @@ async def test_async_fn_chaos_keeps_every_promise(seed: int, on_full: Any, cpu_h
             await race(ledger, cpu_hog, mixed(scope, range(120), rng, priorities=True))
     stats = scope.statistics()
     check(seed, chaos, ledger, stats, shared_keys=False)
-    assert chaos.calls and stats.completed > 0, (seed, stats)
+    # Not vacuous: fn ran and callers got its outcomes. (With on_full="reject" a run
+    # completes 7-12 of 120 here; a CI loop stalled 0.9 s in asyncio's debug mode
+    # completed none, every admitted caller failing by chaos or leaving.)
+    assert chaos.calls and stats.completed + stats.failed > 0, (seed, stats)
     assert cpu_hog.spins > 0
 
 
