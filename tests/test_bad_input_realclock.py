@@ -67,11 +67,13 @@ async def test_none_is_deduplicated_and_cached(cpu_hog: Any) -> None:
 
 async def test_a_running_item_whose_caller_left_is_joined_not_recomputed(cpu_hog: Any) -> None:
     """An identical submit joins the item of a caller that left while its batch runs."""
-    fn = Recorder(delay=0.8)
+    # A full batch of two (no timer): on a loop that stalls, 5 still joins 6's batch; the
+    # batch's 1.5 s outlast the stalls between the leaving and the rejoining.
+    fn = Recorder(delay=1.5)
     got: list[int] = []
     leave = anyio.CancelScope()
     left = anyio.Event()
-    async with bs.BatchScope(fn, key=lambda x: x, max_wait=0.05) as scope:
+    async with bs.BatchScope(fn, key=lambda x: x, max_batch_size=2, max_wait=10) as scope:
         async with anyio.create_task_group() as tg:
 
             async def staying() -> None:

@@ -107,8 +107,9 @@ async def test_deadlines_are_met_with_fast_and_slow_functions(fn: Any, cpu_hog: 
         elapsed = anyio.current_time() - start
         stats = scope.statistics()
     # The 30 ms functions cannot serve 20 ms; past a loaded machine's worst stalls (a
-    # 2-core CI machine in asyncio debug mode, under the hog), every caller is served.
-    assert all(outcomes[timeout] for timeout in timeouts if timeout >= 0.5), (outcomes, stats)
+    # 2-core CI machine in asyncio debug mode, under the hog, has missed a 500 ms
+    # caller), every caller is served.
+    assert all(outcomes[timeout] for timeout in timeouts if timeout >= 1.0), (outcomes, stats)
     assert stats.completed >= 4 + sum(outcomes.values())
     assert stats.completed + stats.cancelled == stats.submitted
     # Nothing hung: the callers ended within their deadlines (served ones before theirs,

@@ -102,7 +102,7 @@ async def test_no_task_spawned_per_batch_real_clock(cpu_hog: Any) -> None:
     await _one_task_for_every_batch(0.005)
 
 
-async def _formed_batch_withdrawn(delay: float) -> None:
+async def _formed_batch_withdrawn(delay: float, *, exact: bool) -> None:
     fn = Recorder(delay)
     async with bs.BatchScope(fn, max_batch_size=2, max_wait=10.0) as scope:
         async with anyio.create_task_group() as tg:
@@ -114,9 +114,11 @@ async def _formed_batch_withdrawn(delay: float) -> None:
                     leaving.start_soon(scope.submit, 2)
                     leaving.start_soon(scope.submit, 3)
                     await anyio.sleep(delay / 10)
-                    # [2, 3] fills a batch: formed now, for the slot when it frees.
+                    # [2, 3] fills a batch: formed now, for the slot when it frees. (A
+                    # real loop may not have run the scheduler yet: outcomes only there.)
                     formed = scope.statistics()
-                    assert (formed.pending, formed.running) == (0, 4)
+                    if exact:
+                        assert (formed.pending, formed.running) == (0, 4)
         stats = scope.statistics()
     assert [sorted(batch) for batch in fn.batches] == [[0, 1]]
     assert stats.cancelled == 2
@@ -128,13 +130,13 @@ async def _formed_batch_withdrawn(delay: float) -> None:
 @pytest.mark.virtual_time
 async def test_formed_batch_whose_callers_left_never_reaches_fn() -> None:
     """A batch formed ahead whose callers all leave before a slot frees is never run."""
-    await _formed_batch_withdrawn(1.0)
+    await _formed_batch_withdrawn(1.0, exact=True)
 
 
 @pytest.mark.realclock
 async def test_formed_batch_whose_callers_left_never_reaches_fn_real_clock(cpu_hog: Any) -> None:
     """The same withdrawal on a real loop under a CPU hog."""
-    await _formed_batch_withdrawn(0.4)
+    await _formed_batch_withdrawn(1.0, exact=False)
 
 
 @pytest.mark.virtual_time
