@@ -635,6 +635,54 @@ async def test_many_streams_under_load_get_their_own_outputs(cpu_hog: Any) -> No
     assert cpu_hog.spins > 0
 
 
+class SteppingGenerator(Generator):
+    """A :class:`Generator` whose ``stepping`` event is set as each step starts."""
+
+    def __init__(self, step_time: float) -> None:
+        super().__init__(step_time)
+        self.stepping = anyio.Event()
+
+    async def __call__(self, rows: list[bs.Row[Any]]) -> list[Output]:
+        self.stepping.set()
+        self.stepping = anyio.Event()
+        return await super().__call__(rows)
+
+
+@pytest.mark.realclock
+async def test_caller_who_cannot_see_a_first_output_in_time_takes_no_place_real_clock(
+    cpu_hog: Any,
+) -> None:
+    """
+    Real clock, CPU hog: a caller with less time than one step (0.2 s) never reaches the
+    step function; one queued behind it, with no deadline, is served.
+    """
+    gen = SteppingGenerator(step_time=0.2)
+    outcomes: dict[str, object] = {}
+    async with bs.ContinuousScope(gen, max_active=2) as scope, anyio.create_task_group() as tg:
+        tg.start_soon(scope.submit, 12)  # steps for about 2.4 s
+        for _ in range(4):  # two steps timed (their time is confirmed), a third begun
+            await gen.stepping.wait()
+
+        async def hurried() -> None:
+            # Mid-step, 0.15 s to go: the next round comes before it gives up, but a
+            # step joined then would end after.
+            with anyio.move_on_after(0.15) as cancel_scope:
+                await scope.submit(5)
+            outcomes["hurried"] = "gave up" if cancel_scope.cancelled_caught else "served"
+
+        async def behind() -> None:
+            outcomes["behind"] = await scope.submit(2)
+
+        await anyio.sleep(0.1)
+        tg.start_soon(hurried)
+        await anyio.sleep(0.01)
+        tg.start_soon(behind)
+    assert outcomes == {"hurried": "gave up", "behind": expected(2)}
+    assert all(5 not in step for step in gen.steps)
+    check_invariant(scope.statistics())
+    assert cpu_hog.spins > 0
+
+
 # -- invariants under random schedules ----------------------------------------------------
 
 # One caller: (arrival delay, patience or None, outputs wanted, breaks after k outputs).

@@ -180,21 +180,22 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
                 stepper.hooks.call("continuous_closed", self)
 
     async def _run(self) -> None:
-        stepper = self._stepper
         try:
-            await stepper.run()
+            await self._stepper.run()
         except BaseException as exc:
-            stepper.failure = kept_failure(stepper.failure, exc)
-            self.close()
-            stepper.fail_all(closed_error(stepper.describe(), stepper.failure))
+            self._fail(exc)
             raise
 
-    def _abort(self, exc: BaseException) -> None:
-        """The body failed or was cancelled: fail every row, stop the stepper."""
+    def _fail(self, exc: BaseException) -> None:
+        """Keep *exc* as the failure (the first, not a cancellation); fail every row."""
         stepper = self._stepper
         stepper.failure = kept_failure(stepper.failure, exc)
         self.close()
         stepper.fail_all(closed_error(stepper.describe(), stepper.failure))
+
+    def _abort(self, exc: BaseException) -> None:
+        """The body failed or was cancelled: fail every row, stop the stepper."""
+        self._fail(exc)
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableSequence, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
 
@@ -45,6 +44,7 @@ from ._lifecycle import ScopeState, not_open_error, reject, wait_or_refuse
 from ._markers import End
 from ._pending import Limits, Pool
 from ._room import Room
+from ._runtime import RunTimeModel
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -59,8 +59,6 @@ Out = TypeVar("Out")
 HELD = 8
 #: Join waits a full queue's ``retry_after`` is the median of (the most recent ones).
 JOIN_ESTIMATE_SAMPLES = 16
-#: Step times the joining judges deadlines by: the least of the last ones (0 until timed).
-CONFIRMING_STEPS = 2
 
 
 @final
@@ -170,8 +168,9 @@ class Stepper(Generic[In, Out]):
         self._parked = False
         self._woken = False
         self._joined = 0
-        #: The run times of the last steps (the least is the step time they confirm).
-        self._step_times: deque[float] = deque(maxlen=CONFIRMING_STEPS)
+        #: Step time against active rows, fitted as the scheduler fits batch run time:
+        #: the joining judges callers' deadlines by the step time it confirms.
+        self._model = RunTimeModel()
 
     def open(self) -> None:
         """Make the room in the queue and the channel (the scope is opening)."""
@@ -338,10 +337,10 @@ class Stepper(Generic[In, Out]):
         free = config.max_active - len(active)
         now = anyio.current_time()
         pool = self.pool
-        times = self._step_times
         # A caller whose deadline comes before one step could give it its first output
-        # takes no place while others wait (``PoolBase._fill``): 0 until two steps ran.
-        confirmed = min(times) if len(times) == CONFIRMING_STEPS else 0.0
+        # takes no place while others wait (``PoolBase._fill``): judged by the least step
+        # it could join (the active rows and itself); 0 until two steps ran.
+        confirmed = self._model.confirmed(len(active) + 1)
         while free > 0:
             held = self.held
             if held is not None:
@@ -458,7 +457,7 @@ class Stepper(Generic[In, Out]):
         except Exception as exc:
             self._advance(rows)
             return True, exc
-        self._step_times.append(anyio.current_time() - begun)
+        self._model.observe(len(rows), anyio.current_time() - begun)
         self._advance(rows)
         return False, outputs
 

@@ -3,17 +3,18 @@ The per-item completion under Trio: the one module of batchscope that imports Tr
 
 The core speaks AnyIO only. Here alone, and only once a scope has opened under Trio
 (``_completion.loop_calls``), the caller's task parks with Trio's low-level
-``wait_task_rescheduled`` and its item's end reschedules it: about half the cost of an
-``anyio.Event`` (see the "Benchmarks" page). The clock is Trio's own function, which is
-what AnyIO calls too (so ``MockClock`` drives it just the same).
+``wait_task_rescheduled`` and its item's end reschedules it: cheaper than an
+``anyio.Event`` (the figures: the "Benchmarks" page). The clock is Trio's own function,
+which is what AnyIO calls too (so ``MockClock`` drives it just the same).
 
 The caller's deadline is the value of Trio's ``current_effective_deadline()``, read by
 :func:`deadline_reader` with the same walk up the task's cancel statuses, iterative and
-reading the fields behind the properties: about a third of the cost on the per-item path.
-Those fields are Trio's private ones; the reader checks that they are where it reads them
-(and that it agrees with Trio) when a scope opens, and is Trio's public function otherwise.
-``tests/test_deadline_reader.py`` asserts that the fast path is found, and that it agrees with Trio
-under nested, shielded, cancelled and moved deadlines.
+reading the fields behind the properties: cheaper on the per-item path (the figures:
+docs/benchmarks.md, "Before and after"). Those fields are Trio's private ones; the
+reader checks that they are where it reads them (and that it agrees with Trio) when a
+scope opens, and is Trio's public function otherwise. ``tests/test_deadline_reader.py``
+asserts that the fast path is found, and that it agrees with Trio under nested,
+shielded, cancelled and moved deadlines.
 """
 
 from __future__ import annotations
