@@ -67,11 +67,6 @@ COST_MEMORY = 256
 FULL_LOAD_SHARE = 0.5
 
 
-def _fills(count: int, needed: int, floor: float, load: float) -> bool:
-    """Whether *count* items of at least cost *floor* fill a batch (see ``_window``)."""
-    return count >= needed or 0.0 < load <= count * floor
-
-
 def bucket_of(cost: float) -> int:
     """The bucket index of *cost* (0 for costs below 1)."""
     return int(math.log2(cost + 1.0) * BUCKETS_PER_DOUBLING)
@@ -89,6 +84,8 @@ class LengthPool(PoolBase):
         super().__init__()
         self._buckets: dict[int, deque[Item[Any, Any]]] = {}
         self._counts: dict[int, int] = {}
+        #: bucket_floor() of every bucket index seen (computed once per index).
+        self._floors: dict[int, float] = {}
         #: Recent mean queue wait of batched items (an exponential moving average).
         self._typical_wait = 0.0
         #: Mean cost of arriving items (a running mean over about the last
@@ -107,6 +104,8 @@ class LengthPool(PoolBase):
         if bucket is None:
             bucket = self._buckets[index] = deque()
             self._counts[index] = 0
+            if index not in self._floors:
+                self._floors[index] = bucket_floor(index)
         bucket.append(item)
         self._counts[index] += 1
 
@@ -158,9 +157,14 @@ class LengthPool(PoolBase):
             counts = self._counts
             held = sum(counts.get(index, 0) for index in range(low, high + 1))
             limits = self._cut(reason, now, limits, held)
-        batch, by_cost = self._fill(
-            self._candidates(anchor, low, high), now, limits, self._releasing(reason, limits)
-        )
+        if limits.max_batch_cost is None and self.earliest_deadline() == math.inf:
+            # The common case, no budget and no caller deadline: the window's items in
+            # order, without the per-item checks of _fill.
+            batch, by_cost = self._take_window(anchor, low, high, limits.max_batch_size), False
+        else:
+            batch, by_cost = self._fill(
+                self._candidates(anchor, low, high), now, limits, self._releasing(reason, limits)
+            )
         if not batch:
             return None
         waits = sum(now - item.arrival for item in batch) / len(batch)
@@ -199,28 +203,34 @@ class LengthPool(PoolBase):
         With an *anchor*, the run must contain it and stay within SPAN of it. Two
         pointers over the non-empty buckets: O(buckets), once per batch.
         """
-        indices = sorted(self._counts)
-        if anchor is not None:
-            indices = [i for i in indices if abs(i - anchor) <= SPAN]
         counts = self._counts
+        indices = sorted(counts)
+        if anchor is not None:
+            indices = [i for i in indices if anchor - SPAN <= i <= anchor + SPAN]
+        floors = self._floors
+        if load <= 0.0:
+            load = math.inf  # fills by count only (as when no load is set)
         best: tuple[int, int] | None = None
         best_count = 0
         best_fills = False
         total = 0
         first = 0
+        # Inline (the loop runs over every bucket once per batch): a run of n items whose
+        # highest bucket has floor f fills a batch when n >= needed or n * f >= load.
         for high in indices:
             total += counts[high]
-            floor = bucket_floor(high)
-            while (anchor is None or indices[first] < anchor) and _fills(
-                total - counts[indices[first]], needed, floor, load
-            ):
-                total -= counts[indices[first]]
+            floor = floors[high]
+            while anchor is None or indices[first] < anchor:
+                rest = total - counts[indices[first]]
+                if rest < needed and rest * floor < load:
+                    break
+                total = rest
                 first += 1
             low = indices[first]
             if anchor is not None and not low <= anchor <= high:
                 continue
-            count = min(total, needed)
-            fills = _fills(total, needed, floor, load)
+            count = total if total < needed else needed
+            fills = total >= needed or total * floor >= load
             if best is None:
                 better = True
             elif fills != best_fills:
@@ -239,15 +249,56 @@ class LengthPool(PoolBase):
             return anchor, anchor
         return best
 
+    def _take_window(
+        self, anchor: int | None, low: int, high: int, limit: int
+    ) -> list[Item[Any, Any]]:
+        """
+        Up to *limit* live items of buckets low..high, in :meth:`_candidates`' order,
+        taken out of the pool (``_fill`` without deadlines or budget, a bucket at a time).
+        """
+        buckets = self._buckets
+        counts = self._counts
+        batch: list[Item[Any, Any]] = []
+        append = batch.append
+        cost = 0.0
+        for index in _nearest_first(anchor, low, high):
+            bucket = buckets.get(index)
+            if bucket is None:
+                continue
+            popleft = bucket.popleft
+            taken = len(batch)
+            while bucket and len(batch) < limit:
+                item = popleft()
+                if item.state == POOLED:
+                    append(item)
+                    cost += item.cost
+            taken = len(batch) - taken
+            if taken:
+                left = counts[index] - taken
+                if left:
+                    counts[index] = left
+                else:  # only dead entries may be left: drop the bucket (as _on_remove)
+                    del counts[index]
+                    del buckets[index]
+            if len(batch) >= limit:
+                break
+        self.live -= len(batch)
+        self.pending_cost -= cost
+        return batch
+
     def _candidates(self, anchor: int | None, low: int, high: int) -> Iterator[Item[Any, Any]]:
         """Items of buckets low..high, the anchor's first, then nearest first; oldest first."""
         buckets = self._buckets
-        center = anchor if anchor is not None else high
-        order = sorted(range(low, high + 1), key=lambda index: (abs(index - center), index))
-        for index in order:
+        for index in _nearest_first(anchor, low, high):
             bucket = buckets.get(index)
             # Entries leave a bucket once _fill has taken (or skipped) them; the one that
             # did not fit stays, as the generator is never resumed after it.
             while bucket:
                 yield bucket[0]
                 bucket.popleft()
+
+
+def _nearest_first(anchor: int | None, low: int, high: int) -> list[int]:
+    """Bucket indices low..high: the anchor's (else *high*) first, then nearest first."""
+    center = anchor if anchor is not None else high
+    return sorted(range(low, high + 1), key=lambda index: (abs(index - center), index))

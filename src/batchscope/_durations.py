@@ -140,6 +140,9 @@ def checked_cost(value: Any, cost_fn: Callable[[Any], float]) -> float:
         raise ValueError(
             f"the 'cost' function raised {type(exc).__name__} for this item: {exc}"
         ) from exc
+    kind = type(cost)
+    if (kind is int or kind is float) and 0 <= cost < math.inf:  # type: ignore[operator]
+        return float(cost)  # type: ignore[arg-type]  # the common case (per-item path)
     if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
         raise TypeError(f"the 'cost' function must return a number, got {type_name(cost)}")
     cost = float(cost)

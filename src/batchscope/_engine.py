@@ -122,11 +122,14 @@ class Engine(Generic[In, Out]):
     #: Whether queued items carry a copy of their caller's context (``capture_context``,
     #: or a hook that asks for it).
     capture: bool = False
-    #: Whether ``submit`` takes its inline path: the scope has none of what
-    #: :meth:`price` and :meth:`queue` check per item (a cost function, ``admission=
-    #: "deadline"``, a breaker, ``partition=``, captured contexts), no cache front, and fn
-    #: does not stream (set when the scope opens; none of these can be reconfigured).
+    #: Whether ``submit`` takes its inline path: the scope has none of what :meth:`price`
+    #: and :meth:`queue` check per item beyond a cost function (``admission="deadline"``,
+    #: a breaker, ``partition=``, captured contexts), no cache front, and fn does not
+    #: stream (set when the scope opens; none of these can be reconfigured).
     plain: bool = False
+    #: A plain scope whose items are priced by a ``cost`` function (its submit path calls
+    #: :meth:`price`; a plain scope without one costs 1 per item, unchecked).
+    priced: bool = False
     #: Until when dispatch is held: an upstream said "slow down" (fn raised an exception
     #: with a ``retry_after``); the scheduler dispatches nothing before it.
     paused_until: float = -math.inf

@@ -467,10 +467,10 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             or engine.front is not None
             or engine.breaker is not None
             or engine.capture
-            or config.cost is not None
             or config.admission == "deadline"
             or config.partition is not None
         )
+        engine.priced = config.cost is not None
         send, receive = anyio.create_memory_object_stream[Item[In, Out]](math.inf)
         engine.send = send
         engine.room = Room(engine.config.max_queue_size)
@@ -626,16 +626,20 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         engine = self._engine
         if engine.plain and engine.state is _OPEN:
             # engine.price(), admit(), queue() and wait() inline, for a scope with none of
-            # the options they check per item (the per-item path).
+            # the options they check per item but a cost function (the per-item path).
             recorder = engine.recorder
-            recorder.submitted += 1
+            if engine.priced:
+                cost = engine.price(item, True)
+            else:
+                recorder.submitted += 1
+                cost = 1.0
             room = engine.room
             if room.free:  # room.take_nowait(), inline
                 room.free -= 1
             else:
-                await engine.wait_for_room()
+                await engine.wait_for_room(cost)
             waited: WaitedItem[In, Out] = engine.item_type(
-                item, priority, 1.0, engine.clock(), engine.deadline(), engine.new_signal()
+                item, priority, cost, engine.clock(), engine.deadline(), engine.new_signal()
             )
             recorder.pending += 1
             engine.send.send_nowait(waited)
