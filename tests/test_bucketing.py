@@ -272,3 +272,73 @@ def test_fifo_cost_check_is_constant_per_arrival(monkeypatch: pytest.MonkeyPatch
         # A fresh Limits each time, as the scheduler builds one per look.
         assert pool.take(0.0, limits(1000, budget=10_000, wait=1.0), draining=False) is None
     assert checks <= 2 * 200  # recounting per arrival would be about 200 * 201 / 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(0, 600)),
+            st.tuples(st.just("withdraw"), st.integers(0, 1000)),
+            st.tuples(st.just("take"), st.integers(1, 12)),
+        ),
+        max_size=120,
+    )
+)
+def test_length_pool_books_stay_true_through_arrivals_withdrawals_and_takes(
+    ops: list[tuple[str, int]],
+) -> None:
+    """
+    Interleaved arrivals, withdrawals and batches (the no-deadline, no-budget path that
+    takes a bucket at a time): each bucket's count is its live items, the sorted bucket
+    index matches, and every item that was not withdrawn is taken exactly once.
+    """
+    pool = LengthPool()
+    live: list[Item[Any, Any]] = []
+    withdrawn: set[int] = set()
+    taken: list[int] = []
+    added = 0
+    clock = 0.0
+
+    def check() -> None:
+        buckets = pool._buckets
+        counts = pool._counts
+        assert pool._indices == sorted(counts)
+        assert set(buckets) == set(counts)
+        for index, bucket in buckets.items():
+            alive = [item for item in bucket if item.state == POOLED]
+            assert len(alive) == counts[index] > 0
+            assert all(bucket_of(item.cost) == index for item in alive)
+        assert pool.live == len(live) == sum(counts.values())
+
+    def take(size: int, draining: bool) -> None:
+        result = pool.take(clock, limits(size, wait=5.0), draining=draining)
+        if result is None:
+            return
+        batch, _ = result
+        assert 1 <= len(batch) <= size
+        for item in batch:
+            assert item.state == POOLED
+            item.state = RUNNING
+            live.remove(item)
+        taken.extend(item.value for item in batch)
+
+    for op, arg in ops:
+        clock += 1.0
+        if op == "add":
+            item = make_item(added, float(arg), clock)
+            added += 1
+            pool.add(item)
+            live.append(item)
+        elif op == "withdraw" and live:
+            item = live.pop(arg % len(live))
+            item.state = WITHDRAWN
+            pool.discard(item)
+            withdrawn.add(item.value)
+        elif op == "take":
+            take(arg, draining=False)
+        check()
+    while pool.live:
+        take(8, draining=True)
+        check()
+    assert sorted(taken) == sorted(set(range(added)) - withdrawn)

@@ -30,6 +30,7 @@ two from their anchor.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -84,6 +85,8 @@ class LengthPool(PoolBase):
         super().__init__()
         self._buckets: dict[int, deque[Item[Any, Any]]] = {}
         self._counts: dict[int, int] = {}
+        #: The keys of ``_counts`` (the non-empty buckets), kept sorted.
+        self._indices: list[int] = []
         #: bucket_floor() of every bucket index seen (computed once per index).
         self._floors: dict[int, float] = {}
         #: Recent mean queue wait of batched items (an exponential moving average).
@@ -104,6 +107,7 @@ class LengthPool(PoolBase):
         if bucket is None:
             bucket = self._buckets[index] = deque()
             self._counts[index] = 0
+            bisect.insort(self._indices, index)
             if index not in self._floors:
                 self._floors[index] = bucket_floor(index)
         bucket.append(item)
@@ -115,8 +119,7 @@ class LengthPool(PoolBase):
         if count == 0:
             # Only dead entries are left in this bucket: drop it (a batch being formed
             # from it keeps its own reference to the deque).
-            del self._counts[index]
-            del self._buckets[index]
+            self._drop(index)
             return
         self._counts[index] = count
         bucket = self._buckets[index]
@@ -126,6 +129,14 @@ class LengthPool(PoolBase):
     def _on_clear(self) -> None:
         self._buckets.clear()
         self._counts.clear()
+        self._indices.clear()
+
+    def _drop(self, index: int) -> None:
+        """Forget bucket *index*, whose last live item left."""
+        del self._counts[index]
+        del self._buckets[index]
+        indices = self._indices
+        del indices[bisect.bisect_left(indices, index)]
 
     def take(
         self, now: float, limits: Limits, draining: bool
@@ -204,9 +215,13 @@ class LengthPool(PoolBase):
         pointers over the non-empty buckets: O(buckets), once per batch.
         """
         counts = self._counts
-        indices = sorted(counts)
+        indices = self._indices
         if anchor is not None:
-            indices = [i for i in indices if anchor - SPAN <= i <= anchor + SPAN]
+            indices = indices[
+                bisect.bisect_left(indices, anchor - SPAN) : bisect.bisect_right(
+                    indices, anchor + SPAN
+                )
+            ]
         floors = self._floors
         if load <= 0.0:
             load = math.inf  # fills by count only (as when no load is set)
@@ -278,8 +293,7 @@ class LengthPool(PoolBase):
                 if left:
                     counts[index] = left
                 else:  # only dead entries may be left: drop the bucket (as _on_remove)
-                    del counts[index]
-                    del buckets[index]
+                    self._drop(index)
             if len(batch) >= limit:
                 break
         self.live -= len(batch)
