@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import batchscope as bs
-import batchscope._scope
+import batchscope._wiring
 from batchscope._completion import (
     EventItem,
     FutureItem,
@@ -41,7 +41,7 @@ def _event_calls() -> LoopCalls:
 def completion(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test with the loop's own completion, then with the anyio.Event fallback."""
     if request.param == "anyio-event":
-        monkeypatch.setattr(batchscope._scope, "loop_calls", _event_calls)
+        monkeypatch.setattr(batchscope._wiring, "loop_calls", _event_calls)
     return str(request.param)
 
 

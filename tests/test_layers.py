@@ -55,6 +55,7 @@ LAYERS: dict[str, int] = {
     "_adaptive": 3,
     "_stepper": 3,
     "_warmup": 3,
+    "_wiring": 3,
     # the façade
     "_scope": 4,
     "_decorator": 4,

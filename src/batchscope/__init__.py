@@ -19,8 +19,9 @@ lower ones (``tests/test_layers.py`` holds them to it):
    ``_admission``), the scheduler, the executor and its slots, the cache front,
    ``submit_many``/``map``, streaming batch functions (``_streaming``), the shared
    device (``_device``), adaptive sizes (``_adaptive``), warm-up, the continuous
-   stepper (``_stepper``);
-5. the façade: ``BatchScope`` (``_scope``: lifetime and the documented API),
+   stepper (``_stepper``), how a ``BatchScope``'s engine is built, opened and closed
+   (``_wiring``);
+5. the façade: ``BatchScope`` (``_scope``: its documented API and submit's path),
    ``ContinuousScope`` (``_continuous``), the decorator, the blocking scope, this
    module's re-exports.
 

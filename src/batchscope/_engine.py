@@ -6,8 +6,8 @@ public member names holds what the scheduler, the executor, the cache front and 
 work on: the options, the clock and deadline look-up of the running loop, the recorder,
 hooks, breaker and rate buckets, the room in the queue, the channel's send end, the
 running parts, the scope's state and its failure. :class:`BatchScope` owns the lifetime
-(it opens the task group, builds the parts, closes and aborts) and delegates the rest
-here; no module below it imports it.
+(through ``_wiring``, which builds the parts, opens the task group, closes and aborts)
+and delegates the rest here; no module below it imports it.
 
 The admission protocol is the caller's side of every item, whatever the entry point
 (``submit``, ``submit_many``, ``map``, the cache front): :meth:`Engine.price` (count the
@@ -86,9 +86,9 @@ class Engine(Generic[In, Out]):
     """
     One scope's shared state and the caller's side of every item.
 
-    Built by :class:`BatchScope` when it is constructed; the parts that belong to an
-    event loop (clock, channel, room, scheduler, executor, task group) are set when it
-    opens.
+    Built (by ``_wiring``) when its :class:`BatchScope` is constructed; the parts that
+    belong to an event loop (clock, channel, room, scheduler, executor, task group) are
+    set when it opens.
     """
 
     #: The options in force (replaced whole by ``configure()``).

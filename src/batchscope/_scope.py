@@ -7,15 +7,15 @@ queued on the memory channel, and parks on its item's completion; if the caller 
 first, its item is withdrawn (before dispatch) or abandoned (after). Leaving the block
 normally drains; leaving it with an exception fails everything still waiting with
 ``ScopeClosedError`` and cancels the rest.
+
+This module holds the documented entry points; how the engine is built from the options,
+and how the scope opens (the parts wired, the task group) and closes, is ``_wiring``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import sys
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterable,
     Callable,
     Hashable,
@@ -23,45 +23,27 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any, Generic, Literal, TypeVar, cast, final, overload
 
-import anyio
 import attrs
 from anyio import AsyncContextManagerMixin
-from anyio.abc import TaskGroup
 
-from ._bucketing import LengthPool
-from ._cache import AsyncCache, CacheFront
-from ._completion import loop_calls
+from ._cache import AsyncCache
 from ._config import Admission, CostMode, OnFull, Oversize, Policy, ScopeConfig, check_int
 from ._device import Device
 from ._durations import check_priority
 from ._engine import Engine
-from ._executor import BatchFunction, Collator, Executor, check_collator
-from ._hooks import Hooks, RateLimitedLog, hook_runner
-from ._items import Item, WaitedItem
+from ._executor import BatchFunction, Collator
+from ._hooks import Hooks
+from ._items import WaitedItem
 from ._lifecycle import ScopeState
 from ._map import MapIterator, gather
-from ._partitions import PartitionedPool
-from ._pending import FifoPool, Pool, PriorityPool
-from ._resilience import BreakerState, CircuitBreaker, RateLimit, Retry, TokenBucket
-from ._room import Room
-from ._scheduler import Scheduler
+from ._resilience import CircuitBreaker, RateLimit, Retry
 from ._statistics import BatchStatistics
-from ._streaming import (
-    OutputStream,
-    StreamFunction,
-    StreamRunner,
-    check_options,
-    collect,
-    is_streaming,
-)
-from ._warmup import warm_up
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
+from ._streaming import OutputStream, StreamFunction, collect
+from ._wiring import check_function, close_engine, new_engine, opened
 
 __all__ = ["BatchScope"]
 
@@ -354,10 +336,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
         warmup: Sequence[In] | Callable[[], Sequence[In]] | None = None,
         capture_context: bool = False,
     ) -> None:
-        if not callable(fn):
-            raise TypeError(f"'fn' must be callable, not {type(fn).__name__}")
-        if collate is not None:
-            check_collator(collate)
+        check_function(fn, collate)
         self._fn = fn
         self._collate = collate
         config = ScopeConfig(
@@ -390,26 +369,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
             warmup=warmup,
             capture_context=capture_context,
         )
-        if not isinstance(cast(object, device), Device | None):
-            raise TypeError(f"'device' must be a bs.Device(...), not {type(device).__name__}")
-        streaming = is_streaming(fn)
-        if streaming:
-            check_options(config, collate)
-        fn_name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-        log = RateLimitedLog()
-        runner = hook_runner(hooks, log)
         #: The state the lower layers share, and the caller's side of every item.
-        self._engine: Engine[In, Out] = Engine(
-            config=config,
-            fn_name=fn_name,
-            hooks=runner,
-            log=log,
-            breaker=None if circuit_breaker is None else BreakerState(circuit_breaker),
-            capture=capture_context or (runner is not None and runner.captures_context),
-        )
-        self._engine.streaming = streaming
-        if cache is not None or key is not None:
-            self._engine.front = CacheFront(self._engine, cache, key)
+        self._engine: Engine[In, Out] = new_engine(fn, collate, config, hooks)
 
     def __repr__(self) -> str:
         return self._engine.describe()
@@ -441,109 +402,8 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
     # -- lifetime ------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def __asynccontextmanager__(self) -> AsyncGenerator[BatchScope[In, Out], None]:
-        engine = self._engine
-        if engine.state is not ScopeState.NEW:
-            raise RuntimeError("a BatchScope can be opened only once; create a new one")
-        device = engine.config.device
-        if isinstance(device, Device):
-            # Checks the loop first: a scope on another loop than the device's raises here.
-            engine.device = device.join(
-                engine.fn_name,
-                engine.config.weight,
-                lambda: engine.scheduler.wake(),
-                lambda: engine.scheduler.device_due(),
-                lambda: engine.scheduler.device_upcoming(),
-                lambda load: engine.scheduler.model.predict(load),
-            )
-        calls = loop_calls()
-        engine.clock, engine.deadline = calls.clock, calls.deadline
-        engine.recorder.opened_at = engine.clock()
-        engine.item_type, engine.new_signal = calls.item_type, calls.new_signal
-        config = engine.config
-        engine.plain = not (
-            engine.streaming
-            or engine.front is not None
-            or engine.breaker is not None
-            or engine.capture
-            or config.admission == "deadline"
-            or config.partition is not None
-        )
-        engine.priced = config.cost is not None
-        send, receive = anyio.create_memory_object_stream[Item[In, Out]](math.inf)
-        engine.send = send
-        engine.room = Room(engine.config.max_queue_size)
-        limit = engine.config.rate_limit
-        if limit is not None and limit.batches_per_second is not None:
-            rate = limit.batches_per_second
-            engine.batch_bucket = TokenBucket(rate, max(1.0, rate))
-        if limit is not None and limit.cost_per_minute is not None:
-            engine.cost_bucket = TokenBucket(limit.cost_per_minute / 60, limit.cost_per_minute)
-        engine.executor = Executor(engine, self._fn, self._collate)
-        if engine.streaming:
-            engine.executor.stream = StreamRunner(engine, cast(Any, self._fn), engine.executor)
-        engine.scheduler = Scheduler(engine, send, receive, self._new_pool(), engine.executor)
-        try:
-            # Before the task group: a failed warmup comes out as itself, never grouped.
-            try:
-                await warm_up(engine)
-            except BaseException:
-                receive.close()  # the scheduler that would have closed it never ran
-                raise
-            async with anyio.create_task_group() as task_group:
-                engine.task_group = task_group
-                task_group.start_soon(
-                    self._schedule, task_group, name=f"batchscope scheduler of {self!r}"
-                )
-                engine.state = ScopeState.OPEN
-                if engine.hooks is not None:
-                    engine.hooks.call("scope_opened", self)
-                try:
-                    yield self
-                except BaseException as exc:
-                    self._abort(exc)
-                    raise
-                self.close()
-        except BaseExceptionGroup as group:
-            # Our own tasks failed (fn raised a BaseException, or a bug in batchscope):
-            # one failure comes out as itself, not wrapped in a group of one.
-            if len(group.exceptions) == 1:
-                failure = group.exceptions[0]
-                # Its own cause kept; the group is not shown as its context.
-                raise failure from failure.__cause__
-            raise
-        finally:
-            engine.state = ScopeState.CLOSED
-            engine.recorder.closed_at = engine.clock()
-            send.close()
-            if engine.device is not None:
-                engine.device.leave()
-            if engine.hooks is not None:
-                engine.hooks.call("scope_closed", self)
-
-    def _new_pool(self) -> Pool:
-        config = self._engine.config
-        if config.partition is not None:
-            return PartitionedPool(self._policy_pool, self._engine.recorder.partitions)
-        return self._policy_pool()
-
-    def _policy_pool(self) -> Pool:
-        config = self._engine.config
-        if config.policy == "length":
-            return LengthPool()
-        if config.policy == "priority":
-            return PriorityPool(config.aging)
-        return FifoPool()
-
-    async def _schedule(self, task_group: TaskGroup) -> None:
-        engine = self._engine
-        try:
-            await engine.scheduler.run(task_group)
-        except BaseException as exc:
-            engine.note_crash(exc)
-            engine.fail_waiting()
-            raise
+    def __asynccontextmanager__(self) -> AbstractAsyncContextManager[BatchScope[In, Out]]:
+        return opened(self, self._engine, self._fn, self._collate)
 
     def close(self) -> None:
         """
@@ -555,29 +415,7 @@ class BatchScope(AsyncContextManagerMixin, Generic[In, Out]):
 
         .. versionadded:: 0.1.0
         """
-        engine = self._engine
-        if engine.state is not ScopeState.OPEN:
-            return
-        engine.state = ScopeState.CLOSING
-        engine.send.close()
-        if engine.room.waiting:
-            # Wake the first waiter for room; it sees the scope closing and passes the
-            # wake-up on, so every waiter gets ScopeClosedError.
-            engine.room.release()
-        for iterator in list(engine.maps):
-            iterator.stop_feeding()
-
-    def _abort(self, exc: BaseException) -> None:
-        """The body failed or was cancelled: fail everything waiting, stop everything."""
-        engine = self._engine
-        engine.note_crash(exc)
-        self.close()
-        engine.state = ScopeState.CLOSING
-        engine.fail_waiting()
-        error = engine.closed_error()
-        for batch in list(engine.executor.running):
-            engine.executor.fail_all(batch.items, error)
-        engine.task_group.cancel_scope.cancel()
+        close_engine(self._engine)
 
     # -- the caller's side ---------------------------------------------------------------
 
