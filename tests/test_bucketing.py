@@ -326,15 +326,15 @@ def test_length_pool_books_stay_true_through_arrivals_withdrawals_and_takes(
     for op, arg in ops:
         clock += 1.0
         if op == "add":
-            item = make_item(added, float(arg), clock)
+            arrived = make_item(added, float(arg), clock)
             added += 1
-            pool.add(item)
-            live.append(item)
+            pool.add(arrived)
+            live.append(arrived)
         elif op == "withdraw" and live:
-            item = live.pop(arg % len(live))
-            item.state = WITHDRAWN
-            pool.discard(item)
-            withdrawn.add(item.value)
+            leaving = live.pop(arg % len(live))
+            leaving.state = WITHDRAWN
+            pool.discard(leaving)
+            withdrawn.add(leaving.value)
         elif op == "take":
             take(arg, draining=False)
         check()

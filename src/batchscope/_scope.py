@@ -14,7 +14,6 @@ and how the scope opens (the parts wired, the task group) and closes, is ``_wiri
 
 from __future__ import annotations
 
-import logging
 from collections.abc import (
     AsyncIterable,
     Callable,
@@ -52,11 +51,8 @@ _NOT_FOR_STREAMS = (
     "use stream() or submit() per item"
 )
 
-logger = logging.getLogger("batchscope")
-
 In = TypeVar("In")
 Out = TypeVar("Out")
-
 
 _OPEN = ScopeState.OPEN
 
