@@ -281,13 +281,13 @@ class LengthPool(PoolBase):
             if bucket is None:
                 continue
             popleft = bucket.popleft
-            taken = len(batch)
+            before = len(batch)
             while bucket and len(batch) < limit:
                 item = popleft()
                 if item.state == POOLED:
                     append(item)
                     cost += item.cost
-            taken = len(batch) - taken
+            taken = len(batch) - before
             if taken:
                 left = counts[index] - taken
                 if left:

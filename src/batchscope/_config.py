@@ -32,6 +32,7 @@ __all__ = [
     "Oversize",
     "Policy",
     "ScopeConfig",
+    "aging_seconds",
     "check_int",
     "to_seconds",
 ]
@@ -79,10 +80,9 @@ def _target_latency(value: float | timedelta | None) -> float | None:
     return _optional_seconds("target_latency")(value)
 
 
-def _aging(value: float | timedelta) -> float:
-    seconds = _optional_seconds("aging")(value)
-    assert seconds is not None
-    return seconds
+def aging_seconds(value: float | timedelta) -> float:
+    """The ``aging`` option (of a scope and of a continuous scope): a duration above zero."""
+    return positive_seconds("aging", value)
 
 
 def _batch_timeout(value: float | timedelta | None) -> float | None:
@@ -172,7 +172,7 @@ class ScopeConfig:
     #: Which items go together: ``"fifo"``, ``"length"`` (cost buckets) or ``"priority"``.
     policy: Policy = attrs.field(default="fifo", validator=choice(*get_args(Policy)))
     #: Seconds of waiting worth one priority step (``policy="priority"``).
-    aging: float = attrs.field(default=0.1, converter=_aging)
+    aging: float = attrs.field(default=0.1, converter=aging_seconds)
     #: Seconds a batch may run before it is cancelled and its items time out (None: no limit).
     batch_timeout: float | None = attrs.field(default=None, converter=_batch_timeout)
     #: Split a failing batch in halves to find the items that fail.

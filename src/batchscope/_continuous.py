@@ -22,7 +22,7 @@ from ._bucketing import LengthPool
 from ._config import OnFull, Policy
 from ._continuous_values import ContinuousConfig, ContinuousStatistics
 from ._hooks import Hooks, RateLimitedLog, hook_runner
-from ._lifecycle import ScopeState, closed_error, kept_failure
+from ._lifecycle import ScopeState, closed_error, kept_failure, raise_single
 from ._pending import FifoPool, Pool, PriorityPool
 from ._stepper import RowItem, StepFunction, Stepper
 
@@ -165,12 +165,8 @@ class ContinuousScope(AsyncContextManagerMixin, Generic[In, Out]):
                     raise
                 self.close()
         except BaseExceptionGroup as group:
-            # The stepper failed (step raised a BaseException): one failure comes out
-            # as itself, not wrapped in a group of one.
-            if len(group.exceptions) == 1:
-                failure = group.exceptions[0]
-                # Its own cause kept; the group is not shown as its context.
-                raise failure from failure.__cause__
+            # The stepper failed (step raised a BaseException).
+            raise_single(group)
             raise
         finally:
             stepper.state = ScopeState.CLOSED

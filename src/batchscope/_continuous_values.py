@@ -11,26 +11,20 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any, final, get_args
 
 import attrs
 
-from ._config import OnFull, Policy
+from ._config import OnFull, Policy, aging_seconds
 from ._durations import (
     choice,
     optional_callable,
     optional_positive_number,
     positive_int,
-    positive_seconds,
 )
 from ._statistics import SAMPLES, Percentiles
 
 __all__ = ["ContinuousConfig", "ContinuousRecorder", "ContinuousStatistics"]
-
-
-def _aging(value: float | timedelta) -> float:
-    return positive_seconds("aging", value)
 
 
 @final
@@ -48,7 +42,7 @@ class ContinuousConfig:
     #: Which waiting items join first: ``"fifo"``, ``"length"`` or ``"priority"``.
     policy: Policy = attrs.field(default="fifo", validator=choice(*get_args(Policy)))
     #: Seconds of waiting worth one priority step (``policy="priority"``).
-    aging: float = attrs.field(default=0.1, converter=_aging)
+    aging: float = attrs.field(default=0.1, converter=aging_seconds)
     #: Bound on items waiting to join.
     max_queue_size: int = attrs.field(default=10_000, validator=positive_int)
     #: What a submit does when the queue is full: ``"wait"`` for room or ``"reject"``.

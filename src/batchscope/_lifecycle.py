@@ -15,6 +15,7 @@ differences, such as how a full queue estimates ``retry_after``, are their param
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,6 +23,9 @@ import anyio
 
 from ._exceptions import NoActiveScopeError, QueueFullError, ScopeClosedError
 from ._room import AdmissionCounts, Room, wait_counted
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     from ._hooks import HookRunner, RejectReason
@@ -32,6 +36,7 @@ __all__ = [
     "closed_error",
     "kept_failure",
     "not_open_error",
+    "raise_single",
     "reject",
     "wait_or_refuse",
 ]
@@ -56,6 +61,17 @@ def kept_failure(failure: BaseException | None, exc: BaseException) -> BaseExcep
     if failure is None and not isinstance(exc, anyio.get_cancelled_exc_class()):
         return exc
     return failure
+
+
+def raise_single(group: BaseExceptionGroup[BaseException]) -> None:
+    """
+    A scope's task group failed (one of its own tasks raised): a single failure is
+    raised as itself, not wrapped in a group of one, its own cause kept (the group is not
+    shown as its context). With several, this returns: the caller re-raises the group.
+    """
+    if len(group.exceptions) == 1:
+        failure = group.exceptions[0]
+        raise failure from failure.__cause__
 
 
 def closed_error(scope: str, failure: BaseException | None) -> ScopeClosedError:

@@ -33,7 +33,7 @@ from ._engine import Engine
 from ._executor import BatchFunction, Collator, Executor, check_collator
 from ._hooks import Hooks, RateLimitedLog, hook_runner
 from ._items import Item
-from ._lifecycle import ScopeState
+from ._lifecycle import ScopeState, raise_single
 from ._partitions import PartitionedPool
 from ._pending import FifoPool, Pool, PriorityPool
 from ._resilience import BreakerState, TokenBucket
@@ -172,12 +172,8 @@ async def opened(
                 raise
             close_engine(engine)
     except BaseExceptionGroup as group:
-        # Our own tasks failed (fn raised a BaseException, or a bug in batchscope):
-        # one failure comes out as itself, not wrapped in a group of one.
-        if len(group.exceptions) == 1:
-            failure = group.exceptions[0]
-            # Its own cause kept; the group is not shown as its context.
-            raise failure from failure.__cause__
+        # Our own tasks failed (fn raised a BaseException, or a bug in batchscope).
+        raise_single(group)
         raise
     finally:
         engine.state = ScopeState.CLOSED
