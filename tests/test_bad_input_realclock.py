@@ -1,51 +1,35 @@
 """
 Issue 13's input defects on the real clock, under a CPU hog: deduplication for every entry
 point (and for ``None``, and for an item whose caller left while its batch ran), a failing
-``key`` function failing its item alone, non-finite priorities refused. Their virtual-clock
-tests are in test_cache.py and test_policies.py; a result that is not a sequence is tested
-on the real clock in test_errors.py.
+``key`` function failing its item alone. Their virtual-clock tests are in test_cache.py;
+a result that is not a sequence is tested on the real clock in test_errors.py, and a
+non-finite priority (refused at submit, before any timing) in test_policies.py.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import anyio
 import pytest
 
 import batchscope as bs
+from batchscope.testing import FakeBatchFunction
 
 pytestmark = [pytest.mark.anyio, pytest.mark.realclock]
 
 
-class Recorder:
-    """An async batch function that records every item it is given and multiplies by 10."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.calls: list[list[Any]] = []
-        #: Set when fn is first called.
-        self.started = anyio.Event()
-
-    async def __call__(self, items: list[Any]) -> list[Any]:
-        self.calls.append(list(items))
-        self.started.set()
-        await anyio.sleep(self.delay)
-        return [None if item is None else item * 10 for item in items]
-
-    @property
-    def items(self) -> list[Any]:
-        return [item for call in self.calls for item in call]
+def times_ten(item: Any) -> Any:
+    return None if item is None else item * 10
 
 
 async def test_identical_keys_are_computed_once_by_every_entry_point(cpu_hog: Any) -> None:
     """submit_many([1, 1, 1, 2, 2]) and map compute each key once (was 1 three times)."""
-    fn = Recorder()
+    fn = FakeBatchFunction[Any, Any](transform=times_ten)
     async with bs.BatchScope(fn, key=lambda x: x, max_wait=0.01) as scope:
         assert await scope.submit_many([1, 1, 1, 2, 2]) == [10, 10, 10, 20, 20]
         assert sorted(fn.items) == [1, 2]
-        fn.calls.clear()
+        fn.batches.clear()
         assert [y async for y in scope.map([3, 3, 4, 3])] == [30, 30, 40, 30]
         assert sorted(fn.items) == [3, 4]
         stats = scope.statistics()
@@ -55,7 +39,7 @@ async def test_identical_keys_are_computed_once_by_every_entry_point(cpu_hog: An
 
 async def test_none_is_deduplicated_and_cached(cpu_hog: Any) -> None:
     """None as an item (its own key) is computed once and then a cache hit."""
-    fn = Recorder()
+    fn = FakeBatchFunction[Any, Any](transform=times_ten)
     cache: dict[Any, Any] = {}
     async with bs.BatchScope(fn, key=lambda x: x, cache=cache, max_wait=0.01) as scope:
         assert await scope.submit_many([None, None, 1]) == [None, None, 10]
@@ -69,7 +53,13 @@ async def test_a_running_item_whose_caller_left_is_joined_not_recomputed(cpu_hog
     """An identical submit joins the item of a caller that left while its batch runs."""
     # A full batch of two (no timer): on a loop that stalls, 5 still joins 6's batch; the
     # batch's 1.5 s outlast the stalls between the leaving and the rejoining.
-    fn = Recorder(delay=1.5)
+    fake = FakeBatchFunction[int, int](transform=times_ten, delay=1.5)
+    started = anyio.Event()
+
+    async def fn(items: list[int]) -> list[int | Exception]:
+        started.set()
+        return await fake(items)
+
     got: list[int] = []
     leave = anyio.CancelScope()
     left = anyio.Event()
@@ -87,12 +77,12 @@ async def test_a_running_item_whose_caller_left_is_joined_not_recomputed(cpu_hog
 
             tg.start_soon(staying)
             tg.start_soon(leaving)
-            await fn.started.wait()
+            await started.wait()
             leave.cancel()  # 5's caller leaves while its batch runs
             await left.wait()
             got.append(await scope.submit(5))
         stats = scope.statistics()
-    assert fn.calls == [[6, 5]]
+    assert fake.batches == [[6, 5]]
     assert sorted(got) == [50, 60]
     assert (stats.completed, stats.cancelled, stats.deduplicated) == (2, 1, 1)
 
@@ -117,14 +107,3 @@ async def test_a_failing_key_function_fails_its_item_alone(cpu_hog: Any) -> None
         assert isinstance(got[1], ValueError) and "'key'" in str(got[1])
         assert isinstance(got[1].__cause__, KeyError)
     assert (stats.completed, stats.rejected) == (4, 2)
-
-
-@pytest.mark.parametrize("priority", [math.nan, math.inf], ids=["nan", "inf"])
-async def test_a_non_finite_priority_is_refused(priority: float, cpu_hog: Any) -> None:
-    """submit(x, priority=nan) raises ValueError naming 'priority'; the scope goes on."""
-    fn = Recorder()
-    async with bs.BatchScope(fn, policy="priority", max_wait=0.01) as scope:
-        with pytest.raises(ValueError, match="'priority' must be a finite number"):
-            await scope.submit(1, priority=priority)
-        assert await scope.submit(2, priority=1.0) == 20
-    assert fn.calls == [[2]]

@@ -314,6 +314,7 @@ def test_length_pool_books_stay_true_through_arrivals_withdrawals_and_takes(
     def take(size: int, draining: bool) -> None:
         result = pool.take(clock, limits(size, wait=5.0), draining=draining)
         if result is None:
+            assert not draining, "a draining pool with live items gave no batch"
             return
         batch, _ = result
         assert 1 <= len(batch) <= size

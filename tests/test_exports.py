@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import functools
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -12,6 +11,9 @@ import pytest
 
 import batchscope as bs
 from batchscope import _exceptions, testing
+
+#: Every object batchscope exports, in ``__all__``'s order.
+_EXPORTED = [getattr(bs, name) for name in bs.__all__]
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -32,9 +34,7 @@ def test_exported_objects_have_public_module() -> None:
 def test_exception_tree() -> None:
     """Every batchscope exception derives from BatchScopeError; misuse also from RuntimeError."""
     exported = [
-        obj
-        for obj in map(functools.partial(getattr, bs), bs.__all__)
-        if isinstance(obj, type) and issubclass(obj, BaseException)
+        obj for obj in _EXPORTED if isinstance(obj, type) and issubclass(obj, BaseException)
     ]
     assert {bs.DeadlineUnmeetableError, bs.WarmupError, bs.ScopeClosedError} <= set(exported)
     for exc in exported:
@@ -48,7 +48,7 @@ def test_exception_tree() -> None:
 _OPEN_CLASSES = (bs.Hooks, bs.AsyncCache, bs.Collator)
 _FINAL = [
     obj
-    for obj in map(functools.partial(getattr, bs), bs.__all__)
+    for obj in _EXPORTED
     if isinstance(obj, type) and not issubclass(obj, BaseException) and obj not in _OPEN_CLASSES
 ] + [testing.FakeBatchFunction]
 _FINAL_ARRAYS = ["PadCollator", "PadOptions", "PaddedBatch", "PaddedDict"]
