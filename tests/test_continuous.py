@@ -682,6 +682,41 @@ async def test_caller_who_cannot_see_a_first_output_in_time_takes_no_place_real_
     assert cpu_hog.spins > 0
 
 
+@pytest.mark.realclock
+async def test_caller_whose_deadline_moved_joins_once_it_has_passed_real_clock(
+    cpu_hog: Any,
+) -> None:
+    """
+    Real clock, CPU hog: a caller queued with less time than one step (0.2 s), whose
+    deadline is then lifted, is still served once the old deadline has passed: nobody
+    hangs on an item set aside for a deadline that moved.
+    """
+    gen = SteppingGenerator(step_time=0.2)
+    results: list[list[str]] = []
+    with anyio.fail_after(10):  # a caller left set aside would hang here
+        async with (
+            bs.ContinuousScope(gen, max_active=2) as scope,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(scope.submit, 12)  # steps for about 2.4 s
+            for _ in range(3):  # two steps timed (their time is confirmed), a third begun
+                await gen.stepping.wait()
+
+            async def patient() -> None:
+                with anyio.CancelScope(deadline=anyio.current_time() + 0.15) as cancel_scope:
+                    tg.start_soon(lift, cancel_scope)
+                    results.append(await scope.submit(3))
+
+            async def lift(cancel_scope: anyio.CancelScope) -> None:
+                await anyio.sleep(0.05)
+                cancel_scope.deadline = math.inf  # after its item was queued
+
+            tg.start_soon(patient)
+    assert results == [expected(3)]
+    check_invariant(scope.statistics())
+    assert cpu_hog.spins > 0
+
+
 # -- invariants under random schedules ----------------------------------------------------
 
 # One caller: (arrival delay, patience or None, outputs wanted, breaks after k outputs).
