@@ -291,9 +291,13 @@ def test_length_pool_books_stay_true_through_arrivals_withdrawals_and_takes(
     """
     Interleaved arrivals, withdrawals and batches (the no-deadline, no-budget path that
     takes a bucket at a time): each bucket's count is its live items, the sorted bucket
-    index matches, and every item that was not withdrawn is taken exactly once.
+    index matches, and every item that was not withdrawn is taken exactly once. A twin
+    pool whose callers all have a distant deadline (so batches go through ``_fill``, item
+    by item) forms the very same batches.
     """
     pool = LengthPool()
+    twin = LengthPool()
+    twins: dict[int, Item[Any, Any]] = {}
     live: list[Item[Any, Any]] = []
     withdrawn: set[int] = set()
     taken: list[int] = []
@@ -313,9 +317,16 @@ def test_length_pool_books_stay_true_through_arrivals_withdrawals_and_takes(
 
     def take(size: int, draining: bool) -> None:
         result = pool.take(clock, limits(size, wait=5.0), draining=draining)
+        twin_result = twin.take(clock, limits(size, wait=5.0), draining=draining)
         if result is None:
+            assert twin_result is None
             assert not draining, "a draining pool with live items gave no batch"
             return
+        assert twin_result is not None
+        assert [i.value for i in twin_result[0]] == [i.value for i in result[0]]
+        assert twin_result[1] == result[1]
+        for item in twin_result[0]:
+            item.state = RUNNING
         batch, _ = result
         assert 1 <= len(batch) <= size
         for item in batch:
@@ -328,13 +339,18 @@ def test_length_pool_books_stay_true_through_arrivals_withdrawals_and_takes(
         clock += 1.0
         if op == "add":
             arrived = make_item(added, float(arg), clock)
+            twins[added] = make_item(added, float(arg), clock)
+            twins[added].deadline = 1e9  # far off: judged, never close
             added += 1
             pool.add(arrived)
+            twin.add(twins[arrived.value])
             live.append(arrived)
         elif op == "withdraw" and live:
             leaving = live.pop(arg % len(live))
             leaving.state = WITHDRAWN
             pool.discard(leaving)
+            twins[leaving.value].state = WITHDRAWN
+            twin.discard(twins[leaving.value])
             withdrawn.add(leaving.value)
         elif op == "take":
             take(arg, draining=False)

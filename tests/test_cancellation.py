@@ -259,3 +259,44 @@ async def test_scope_closing_during_async_cache_lookup_counts_rejected() -> None
     assert fake.batches == []
     assert (stats.submitted, stats.rejected, stats.admitting) == (1, 1, 0)
     assert _adds_up(stats)
+
+
+class _CancelEvents(bs.Hooks):
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    def item_cancelled(self, dispatched: bool) -> None:
+        self.cancelled += 1
+
+
+@pytest.mark.parametrize("callers_inside", [True, False], ids=["callers-inside", "scope-inside"])
+async def test_scope_and_callers_cancelled_together_count_every_caller_cancelled(
+    callers_inside: bool,
+) -> None:
+    """
+    One cancel scope around a scope and its callers (nested either way): whichever the
+    backend cancels first, statistics() counts every caller cancelled; item_cancelled
+    events are never more than that (they follow the order, see docs/observability.md).
+    """
+    fake = FakeBatchFunction[int, int](delay=0.05)
+    events = _CancelEvents()
+    scope = bs.BatchScope(fake, max_batch_size=4, max_wait=0.001, hooks=events)
+    with anyio.CancelScope() as outer:
+        if callers_inside:
+            async with scope, anyio.create_task_group() as tg:
+                for value in range(20):
+                    tg.start_soon(scope.submit, value)
+                await anyio.sleep(0.01)
+                outer.cancel()
+                await anyio.sleep(1)
+        else:
+            async with anyio.create_task_group() as tg, scope:
+                for value in range(20):
+                    tg.start_soon(scope.submit, value)
+                await anyio.sleep(0.01)
+                outer.cancel()
+                await anyio.sleep(1)
+    stats = scope.statistics()
+    assert (stats.submitted, stats.cancelled) == (20, 20), stats
+    assert stats.completed == stats.failed == stats.pending == stats.running == 0
+    assert events.cancelled <= 20
