@@ -47,6 +47,9 @@ import batchscope as bs
 A = 0.010  # seconds per step
 B = 0.001  # seconds per row per step
 SHORT_AFTER_STEPS = 2.5  # the short request arrives mid-step, never on a step boundary
+#: Outputs of the long and the short request of the short-during-long table.
+LONG_OUTPUTS = 200
+SHORT_OUTPUTS = 5
 
 
 def workload(seed: int, requests: int, rate: float) -> list[tuple[float, int]]:
@@ -73,7 +76,11 @@ class Served:
     first: dict[int, float] = field(default_factory=dict[int, float])  # first output
     last: dict[int, float] = field(default_factory=dict[int, float])  # last output
     done: dict[int, float] = field(default_factory=dict[int, float])  # the caller's submit returned
-    statistics: Any = None  # bs.BatchStatistics or bs.ContinuousStatistics, after exit
+    #: From the scope's statistics, after exit: time between a row's outputs (static:
+    #: output_gap_ms, continuous: time_between_outputs_ms) and its wait before it starts
+    #: (static: queue_wait_ms, continuous: join_wait_ms).
+    between_outputs: bs.Percentiles | None = None
+    wait: bs.Percentiles | None = None
 
 
 @dataclass
@@ -110,7 +117,8 @@ async def run_static(load: list[tuple[float, int]], max_active: int) -> Served:
     async with scope, anyio.create_task_group() as tg:
         for index, (arrival, n) in enumerate(load):
             tg.start_soon(_submit_at, scope.submit, served, index, arrival, n)
-    served.statistics = scope.statistics()
+    stats = scope.statistics()
+    served.between_outputs, served.wait = stats.output_gap_ms, stats.queue_wait_ms
     return served
 
 
@@ -137,7 +145,8 @@ async def run_continuous(load: list[tuple[float, int]], max_active: int) -> Serv
     async with scope, anyio.create_task_group() as tg:
         for index, (arrival, n) in enumerate(load):
             tg.start_soon(_submit_at, scope.submit, served, index, arrival, n)
-    served.statistics = scope.statistics()
+    stats = scope.statistics()
+    served.between_outputs, served.wait = stats.time_between_outputs_ms, stats.join_wait_ms
     return served
 
 
@@ -178,16 +187,18 @@ def measure(load: list[tuple[float, int]], served: Served) -> Figures:
     ttft = [
         served.first[index] - (served.start + arrival) for index, (arrival, _) in enumerate(load)
     ]
-    stats = served.statistics
-    if isinstance(stats, bs.ContinuousStatistics):
-        between, wait = stats.time_between_outputs_ms, stats.join_wait_ms
-    else:
-        between, wait = stats.output_gap_ms, stats.queue_wait_ms
-    return Figures(outputs / makespan, p99(ttft) * 1000, between, wait)
+    assert served.between_outputs is not None
+    assert served.wait is not None
+    return Figures(outputs / makespan, p99(ttft) * 1000, served.between_outputs, served.wait)
 
 
 def short_during_long(
-    server: str, clock: str = "virtual", *, long: int = 200, short: int = 5, max_active: int = 16
+    server: str,
+    clock: str = "virtual",
+    *,
+    long: int = LONG_OUTPUTS,
+    short: int = SHORT_OUTPUTS,
+    max_active: int = 16,
 ) -> tuple[float, float]:
     """
     When a long request submitted alone, and a short one submitted ``SHORT_AFTER_STEPS``
@@ -196,10 +207,6 @@ def short_during_long(
     load = [(0.0, long), (SHORT_AFTER_STEPS * (A + B), short)]
     served = serve(server, load, max_active, clock)
     return served.done[0] - served.start, served.done[1] - served.start
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,15 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     medians: dict[str, tuple[float, float]] = {}
     for name, runs in results.items():
-        throughput = _median([r.throughput for r in runs])
-        ttft = _median([r.ttft_p99 for r in runs])
+        throughput = statistics.median([r.throughput for r in runs])
+        ttft = statistics.median([r.ttft_p99 for r in runs])
         medians[name] = (throughput, ttft)
         between = "/".join(
-            f"{_median([getattr(r.between_outputs, q) for r in runs]):.1f}"
+            f"{statistics.median([getattr(r.between_outputs, q) for r in runs]):.1f}"
             for q in ("p50", "p90", "p99")
         )
         wait = "/".join(
-            f"{_median([getattr(r.wait, q) for r in runs]):.1f}" for q in ("p50", "p99")
+            f"{statistics.median([getattr(r.wait, q) for r in runs]):.1f}" for q in ("p50", "p99")
         )
         print(f"{name:<12}{throughput:>11.1f}{ttft:>11.1f}{between:>30}{wait:>18}")
     print(
@@ -248,16 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"throughput: continuous / static = {speedup:.2f}x (target >= 2x)")
     print(f"p99 TTFT:   static / continuous = {ttft_gain:.2f}x (target >= 3x)")
 
-    long, short = 200, 5
     print(
-        f"\nshort during long: a {long}-output request alone, a {short}-output one "
+        f"\nshort during long: a {LONG_OUTPUTS}-output request alone, a {SHORT_OUTPUTS}-output one "
         f"{SHORT_AFTER_STEPS:g} steps later (s after the long one's submit)"
     )
     print(f"{'server':<12}{'long done':>11}{'short done':>12}{'short first':>13}")
     for name in SERVERS:
-        long_done, short_done = short_during_long(
-            name, args.clock, long=long, short=short, max_active=args.max_active
-        )
+        long_done, short_done = short_during_long(name, args.clock, max_active=args.max_active)
         first = "yes" if short_done < long_done else "no"
         print(f"{name:<12}{long_done:>11.3f}{short_done:>12.3f}{first:>13}")
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Hashable, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from types import MappingProxyType
 from typing import final, get_args
 
@@ -125,7 +125,7 @@ class Percentiles:
     p99: float
 
     @classmethod
-    def of(cls, samples: deque[float]) -> Percentiles:
+    def of(cls, samples: Collection[float]) -> Percentiles:
         """Nearest-rank percentiles of *samples* (seconds), in milliseconds."""
         if not samples:
             return cls(math.nan, math.nan, math.nan)

@@ -27,6 +27,7 @@ import anyio
 import attrs
 
 from .._scope import BatchScope
+from .._statistics import Percentiles
 from .models import WORDS, DemoModel
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "format_header",
     "format_table",
     "legend",
-    "percentile",
     "ratio",
     "request_lengths",
     "requests",
@@ -141,14 +141,6 @@ def requests(config: DemoConfig) -> list[str]:
     return [" ".join(rng.choices(WORDS, k=n)) for n in request_lengths(config)]
 
 
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The nearest-rank *q* quantile of *samples* (``nan`` when empty)."""
-    if not samples:
-        return math.nan
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
 async def _watch(display: Display, phase: Phase) -> None:
     while True:
         display.update(phase, anyio.current_time())
@@ -214,12 +206,13 @@ async def _serve(
         stats = scope.statistics()
         mean_batch, efficiency = stats.mean_batch_size, stats.padding_efficiency
         reasons = MappingProxyType({k: v for k, v in stats.release_reasons.items() if v})
+    latency = Percentiles.of(latencies)
     return DemoResult(
         mode=mode,
         seconds=seconds,
         throughput=len(latencies) / seconds if seconds > 0 else math.inf,
-        p50_ms=percentile(latencies, 0.50) * 1000,
-        p99_ms=percentile(latencies, 0.99) * 1000,
+        p50_ms=latency.p50,
+        p99_ms=latency.p99,
         mean_batch_size=mean_batch,
         padding_efficiency=efficiency,
         release_reasons=reasons,

@@ -33,7 +33,8 @@ from .. import Row  # the public name: the demo stays off the engine layers
 from .._continuous import ContinuousScope
 from .._markers import END, End
 from .._scope import BatchScope
-from . import percentile, ratio
+from .._statistics import Percentiles
+from . import ratio
 
 __all__ = [
     "GENERATE_MODES",
@@ -172,12 +173,13 @@ def _result(
     steps: int,
     mean_rows: float,
 ) -> GenerateResult:
+    ttft = Percentiles.of(ttfts)
     return GenerateResult(
         mode=mode,
         seconds=seconds,
         throughput=outputs / seconds if seconds > 0 else math.inf,
-        ttft_p50_ms=percentile(ttfts, 0.50) * 1000,
-        ttft_p99_ms=percentile(ttfts, 0.99) * 1000,
+        ttft_p50_ms=ttft.p50,
+        ttft_p99_ms=ttft.p99,
         steps=steps,
         mean_rows_per_step=mean_rows,
         ttfts=tuple(ttfts),
